@@ -1,0 +1,274 @@
+"""The ``stg`` command line: thin shells over library calls (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from stg.errors import StgError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--data-root", default=None, help="folder holding the dataset (default: ~/.cache/stg/data or $STG_DATA_ROOT)")
+    p.add_argument("--download", action="store_true", help="download the dataset if it is missing (needs internet)")
+    p.add_argument("--tasks", default=None, help="task spec, e.g. 'ovr:all', 'paper15', 'ovr:cat,dog;union:pets=cat,dog;random'")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use at most N training images (stratified; for quick runs)")
+    p.add_argument("--val-fraction", type=_float, default=0.1, help="share of the training set held out for validation (default 0.1)")
+
+
+def _data_spec(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
+    return {"dataset": dataset, "data_root": root, "tasks": args.tasks, "limit": args.limit,
+            "val_fraction": args.val_fraction, "split_seed": args.seed}
+
+
+def _load_taskset(spec: dict[str, Any], *, download: bool = False):
+    from stg.datasets import load_taskset
+
+    return load_taskset(spec["dataset"], data_root=spec["data_root"], download=download, tasks=spec["tasks"],
+                        seed=spec["split_seed"], val_fraction=spec["val_fraction"], limit=spec["limit"])
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_data(args: argparse.Namespace) -> int:
+    spec = _data_spec(args, args.name)
+    taskset = _load_taskset(spec, download=args.download)
+    info = taskset.describe()
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{info['dataset']}: {info['n_train']} train / {info['n_val']} val / {info['n_test']} test images "
+          f"of shape {tuple(info['image_shape'])}, {info['n_tasks']} tasks ({info['tasks_spec']})")
+    for name, pos, pw in zip(info["task_names"], info["train_positives"], info["pos_weight"]):
+        print(f"  {name:<24} {pos:>7} positives  pos_weight {pw:.3g}")
+    for ref, groups in info["references"].items():
+        print(f"reference {ref!r}: {len(groups)} groups")
+        for g, members in groups.items():
+            print(f"  {g}: {', '.join(members)}")
+    if info.get("source"):
+        print(f"source: {info['source']}")
+    return 0
+
+
+class _Bar:
+    """A tqdm progress bar fed by engine events."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def __call__(self, p) -> None:
+        if p.kind == "start":
+            self.bar.reset(total=p.steps)
+            self.bar.update(p.step)
+            self.bar.write(p.message)
+        elif p.kind in ("step", "epoch", "done"):
+            self.bar.update(max(0, p.step - self.bar.n))
+            self.bar.set_postfix_str(f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} {p.images_per_s:,.0f} img/s")
+            if p.kind == "epoch":
+                extra = " ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
+                self.bar.write(f"epoch {p.epoch}/{p.epochs}: loss {p.loss:.4f} {extra} ({p.images_per_s:,.0f} img/s)")
+        elif p.kind in ("cancelled",):
+            self.bar.write(p.message)
+        if p.kind in ("done", "cancelled"):
+            self.bar.close()
+
+
+def cmd_datamap(args: argparse.Namespace) -> int:
+    from stg.engine import TrainConfig, train_datamap
+    from stg.rundir import RunDir
+
+    out = Path(args.out)
+    run = RunDir(out)
+    if args.dataset is None:
+        if not run.exists():
+            raise StgError("--dataset is required for a new run (or point --out at an existing run to resume it)")
+        meta = run.read()
+        spec = meta["data"]
+        config = TrainConfig(**{**meta["config"], **_given_train_args(args)})
+    else:
+        spec = _data_spec(args, args.dataset)
+        config = TrainConfig(model=args.model or "cnn", epochs=args.epochs or 5, batch_size=args.batch_size or 128,
+                             lr=args.lr or 1e-3, seed=args.seed, device=args.device, augment=not args.no_augment,
+                             ddof=args.ddof)
+    taskset = _load_taskset(spec, download=args.download)
+    cancel = threading.Event()
+    bar = _Bar()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop within one step; second: hard stop
+        cancel.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        meta = train_datamap(taskset, config, out, data_spec=spec, on_event=bar, cancel=cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if meta["status"] == "cancelled":
+        print(f"cancelled after {meta['epochs_done']} finished epoch(s); run `stg datamap --out {out}` to resume",
+              file=sys.stderr)
+        return 130
+    last = meta["history"][-1] if meta["history"] else {}
+    print(f"run {out}: {meta['epochs_done']} epochs, {len(meta['task_names'])} tasks, {meta['n_train']} samples; "
+          f"final loss {last.get('loss', float('nan')):.4f}, val balanced accuracy "
+          f"{last.get('val_balanced_accuracy', float('nan')):.3f}")
+    print(f"next: stg group {out} --k K")
+    return 0
+
+
+def _given_train_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Training options given on the command line when resuming an existing run by --out alone."""
+    given = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    out = {k: v for k, v in given.items() if v is not None}
+    if args.device != "auto":
+        out["device"] = args.device
+    return out
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    from stg.grouping import make_grouping, summary_lines
+    from stg.rundir import RunDir
+
+    run = RunDir(args.run)
+    run.read()
+    grouping = make_grouping(run, k=args.k, m=args.fuzziness, method=args.method, seed=args.seed, name=args.name,
+                             epochs=args.epochs, projection_dim=args.projection_dim)
+    for line in summary_lines(grouping):
+        print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from stg.export import export_grouping
+    from stg.rundir import RunDir, atomic_write_bytes
+
+    run = RunDir(args.run)
+    meta = run.read()
+    name = args.grouping
+    if name is None:
+        names = run.grouping_names()
+        if not names:
+            raise StgError(f"run {run.path} has no grouping yet: run `stg group {run.path} --k K` first")
+        name = max(names, key=lambda n: run.grouping_path(n).stat().st_mtime)
+    text = export_grouping(run.read_grouping(name), meta.get("references", {}), fmt=args.format)
+    if args.out:
+        atomic_write_bytes(Path(args.out), text.encode())
+        print(f"wrote {args.out} (grouping {name!r}, {args.format})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+    if not app.is_file():
+        raise StgError(f"the dashboard is not installed next to the library (looked for {app})")
+    env = {**os.environ, "STG_RUNS": str(Path(args.runs).expanduser().resolve())}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.address", args.host, "--browser.gatherUsageStats", "false",
+           "--server.headless", "true" if args.headless else "false"]
+    print(f"stg dashboard on http://{args.host}:{args.port} (runs in {env['STG_RUNS']})", file=sys.stderr)
+    return subprocess.call(cmd, env=env)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from stg.datasets import DATASET_NAMES
+
+    parser = argparse.ArgumentParser(prog="stg", description="Find which classification tasks to train together.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    datasets = ", ".join(DATASET_NAMES)
+
+    p = sub.add_parser("data", help="describe a task set", description=f"Describe a task set. Datasets: {datasets}, or a folder/.npz of your own.")
+    p.add_argument("name", help=f"dataset name ({datasets}) or a path to your own data")
+    _add_data_args(p, required=True)
+    p.add_argument("--seed", type=_positive_int, default=0, help="split seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("datamap", help="train one multi-task model and record data maps", description="Train one multi-task model on all tasks and record per-task data maps into RUN. Re-running on the same --out resumes.")
+    p.add_argument("--dataset", default=None, help=f"dataset ({datasets}) or a path; omit to resume --out")
+    _add_data_args(p, required=False)
+    p.add_argument("--model", default=None, help="cnn (default), resnet18 or resnet18-cifar")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default 128)")
+    p.add_argument("--lr", type=_float, default=None, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--seed", type=_positive_int, default=0, help="seed for split, init, shuffling (default 0)")
+    p.add_argument("--ddof", type=_positive_int, default=0, help="variability ddof: 0 = Cartography (default), 1 = official STG-MTL")
+    p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
+    p.add_argument("--out", required=True, help="run directory")
+    p.set_defaults(func=cmd_datamap)
+
+    p = sub.add_parser("group", help="cluster the tasks of a run", description="Cluster a run's tasks by their data maps; writes RUN/groupings/G.json.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--k", type=_positive_int, required=True, help="number of clusters (2..T)")
+    p.add_argument("--fuzziness", type=_float, default=1.07, help="fuzziness m > 1 (default 1.07, the paper's)")
+    p.add_argument("--method", default="fuzzy-kmeans", help="fuzzy-kmeans (default, the paper's), fcm or kmeans")
+    p.add_argument("--seed", type=_positive_int, default=0)
+    p.add_argument("--name", default=None, help="grouping name (default from method, k, m)")
+    p.add_argument("--epochs", default="last", help="data-map snapshots used as features: last (default), all, or e.g. 2,5")
+    p.add_argument("--projection-dim", type=_positive_int, default=None, help="random projection of the features to this many dims")
+    p.set_defaults(func=cmd_group)
+
+    p = sub.add_parser("export", help="export a grouping", description="Export a grouping as JSON, CSV or YAML.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--grouping", default=None, help="grouping name (default: the newest)")
+    p.add_argument("--format", default="json", choices=("json", "csv", "yaml"))
+    p.add_argument("--out", default=None, help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("app", help="open the dashboard", description="Start the Streamlit dashboard.")
+    p.add_argument("--runs", default="runs", help="folder of run directories (default ./runs)")
+    p.add_argument("--port", type=_positive_int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
+    p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except StgError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,452 @@
+"""The training engine: one multi-task model on all tasks, recording data maps into a run directory.
+
+Hot loop (per step, no per-sample Python, no host sync): gather a batch of uint8 images already
+resident on the device, crop/flip on the device, forward (bf16 autocast + channels_last on CUDA),
+one vectorised weighted BCE over (B, T), backward, Adam, then a Welford update of the data map with
+the step's own logits, then any probes.
+
+Determinism: every epoch re-seeds its RNG streams from (seed, epoch), so a run resumed from its
+last finished epoch continues exactly as an uninterrupted run would (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from stg import __version__
+from stg.augment import crop_flip
+from stg.datamap import DataMapRecorder
+from stg.errors import StgError
+from stg.loss import weighted_bce
+from stg.models import MODEL_NAMES, build_model
+from stg.rundir import RunDir, atomic_save
+from stg.taskset import Split, TaskSet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``ddof`` applies to the data map's variability (see ``stg.datamap``)."""
+
+    model: str = "cnn"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    augment: bool = True
+    ddof: int = 0
+
+    def validate(self, n_train: int) -> None:
+        if self.model not in MODEL_NAMES:
+            raise StgError(f"unknown model {self.model!r}: choose one of {', '.join(MODEL_NAMES)}")
+        if self.epochs < 1:
+            raise StgError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise StgError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.batch_size > n_train:
+            raise StgError(f"--batch-size {self.batch_size} is larger than the training split ({n_train} images)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise StgError(f"--lr must be a positive number, got {self.lr}")
+        if self.ddof not in (0, 1):
+            raise StgError(f"--ddof must be 0 or 1, got {self.ddof}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event. kind: start | step | epoch | done | cancelled | failed."""
+
+    kind: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float = float("nan")
+    images_per_s: float = 0.0
+    eta_s: float = float("nan")
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepInfo:
+    """What a probe sees after each optimizer step (the step's own forward pass)."""
+
+    model: nn.Module
+    images: torch.Tensor  # (B, C, H, W) float, the augmented, normalised batch
+    logits: torch.Tensor  # (B, T) float32, detached
+    targets: torch.Tensor  # (B, T) float32
+    index: torch.Tensor  # (B,) int64 rows of the training split
+    epoch: int  # 1-based
+    step: int  # global step, 0-based
+
+
+class Probe(Protocol):
+    """A per-step hook (TAG's lookahead affinity plugs in here). Must not sync the host."""
+
+    def on_step(self, info: StepInfo) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+EventFn = Callable[[Progress], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise StgError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise StgError(f"unknown device {name!r}: choose auto, cpu or cuda")
+
+
+class DeviceData:
+    """A split resident on the device: uint8 images (N, C, H, W), float labels (N, T)."""
+
+    def __init__(self, split: Split, device: torch.device, mean: torch.Tensor, std: torch.Tensor):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device=device, dtype=torch.float32)
+        self.mean = mean.to(device).view(1, -1, 1, 1)
+        self.std = std.to(device).view(1, -1, 1, 1)
+        self.device = device
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def batch(
+        self, index: torch.Tensor, *, augment: bool, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) rows -> normalised float images (B, C, H, W) and labels (B, T)."""
+        x = self.images[index]
+        if augment:
+            assert generator is not None
+            x = crop_flip(x, pad=max(1, x.shape[-1] // 8), generator=generator)
+        x = (x.float() - self.mean) / self.std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[index]
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in pixel units: two (C,) tensors."""
+    sample = images[: min(len(images), 10_000)].double()
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1.0)
+    return mean.float(), std.float()
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """A shuffled pass over n rows in batches (the last may be smaller): every row once."""
+    perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    return list(perm.split(batch_size))
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The epoch's RNG stream (shuffle + augmentation); also re-seeds dropout's global RNG."""
+    torch.manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: DeviceData, *, batch_size: int = 1024) -> torch.Tensor:
+    """Eval-mode logits for a whole split: (N, T) float32 on the device."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for index in torch.arange(len(data), device=data.device).split(batch_size):
+        x, _ = data.batch(index, augment=False, generator=None)
+        with autocast(data.device):
+            out.append(model(x).float())
+    model.train(was_training)
+    if not out:
+        return torch.zeros(0, data.labels.shape[1], device=data.device)
+    return torch.cat(out)
+
+
+def quick_metrics(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> dict[str, float]:
+    """Mean-over-tasks loss and balanced accuracy of (N, T) logits against (N, T) labels."""
+    if logits.shape[0] == 0:
+        return {}
+    loss = weighted_bce(logits, labels, pos_weight=pos_weight, task_weights=torch.ones_like(pos_weight))
+    pred = logits > 0
+    pos = labels > 0.5
+    tpr = (pred & pos).sum(0) / pos.sum(0).clamp_min(1)
+    tnr = (~pred & ~pos).sum(0) / (~pos).sum(0).clamp_min(1)
+    return {"val_loss": float(loss) / labels.shape[1], "val_balanced_accuracy": float(((tpr + tnr) / 2).mean())}
+
+
+def versions() -> dict[str, str]:
+    return {"stg": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".stg-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise StgError(f"cannot write to {path}: {e.strerror or e}") from None
+
+
+def _identity(config: TrainConfig, data_spec: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a run directory to be resumed (epochs may grow, device may change)."""
+    cfg = dataclasses.asdict(config)
+    cfg.pop("epochs")
+    cfg.pop("device")
+    return {"train": cfg, "data": data_spec}
+
+
+def open_run(
+    out: Path, taskset: TaskSet, config: TrainConfig, data_spec: dict[str, Any]
+) -> tuple[RunDir, dict[str, Any], bool]:
+    """Create ``out`` as a new run, or check it holds the same run to resume. Returns (run, meta, resumed)."""
+    run = RunDir(out)
+    if out.exists() and not out.is_dir():
+        raise StgError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not run.exists():
+        raise StgError(f"--out {out} is not empty and holds no stg run: choose a new folder")
+    _check_writable(out)
+    identity = _identity(config, data_spec)
+    if run.exists():
+        meta = run.read()
+        if meta.get("kind") != "datamap":
+            raise StgError(f"--out {out} holds a {meta.get('kind', 'foreign')!r} run, not a data-map run")
+        if meta.get("identity") != identity:
+            diff = _describe_difference(meta.get("identity", {}), identity)
+            raise StgError(f"--out {out} holds another run ({diff}): choose a new folder or the same settings")
+        if list(meta["task_names"]) != list(taskset.task_names):
+            raise StgError(f"--out {out} holds a run with different tasks: choose a new folder")
+        meta["config"] = dataclasses.asdict(config)
+        return run, meta, True
+    meta = {
+        "kind": "datamap",
+        "status": "running",
+        "config": dataclasses.asdict(config),
+        "identity": identity,
+        "data": data_spec,
+        "dataset": taskset.dataset,
+        "tasks_spec": taskset.tasks_spec,
+        "task_names": list(taskset.task_names),
+        "references": taskset.references,
+        "n_train": len(taskset.train),
+        "n_val": len(taskset.val),
+        "n_test": len(taskset.test),
+        "image_shape": list(taskset.image_shape),
+        "pos_weight": [float(p) for p in taskset.pos_weight.tolist()],
+        "epochs_done": 0,
+        "history": [],
+        "timings": {},
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    run.write(meta)
+    samples = {
+        "index": taskset.train.index.numpy().astype(np.int64),
+        "classes": taskset.train.classes.numpy().astype(np.int64),
+        "labels": taskset.train.labels.numpy().astype(np.uint8),
+    }
+    atomic_save(run.path / "samples.npz", lambda f: np.savez(f, **samples))
+    return run, meta, False
+
+
+def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = []
+    for part in ("train", "data"):
+        a, b = old.get(part, {}), new.get(part, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{key}={a.get(key)!r}, not {b.get(key)!r}")
+    return "; ".join(diffs[:3]) or "different settings"
+
+
+def train_datamap(
+    taskset: TaskSet,
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    data_spec: dict[str, Any] | None = None,
+    on_event: EventFn | None = None,
+    cancel: threading.Event | None = None,
+    probes: Sequence[Probe] = (),
+) -> dict[str, Any]:
+    """Train one multi-task model on all tasks of ``taskset`` and record its data maps in ``out``.
+
+    Re-running on the same ``out`` resumes from the last finished epoch (same results as an
+    uninterrupted run). ``cancel`` stops within one step: the run is marked cancelled and keeps
+    its last finished epoch. Returns the final run.json contents.
+    """
+    config.validate(len(taskset.train))
+    device = resolve_device(config.device)
+    out = Path(out)
+    spec = data_spec if data_spec is not None else {"dataset": taskset.dataset, "tasks": taskset.tasks_spec}
+    run, meta, resumed = open_run(out, taskset, config, spec)
+    emit = on_event or (lambda p: None)
+    cancel = cancel or threading.Event()
+
+    c, h, w = taskset.image_shape
+    if h != w:
+        raise StgError(f"images must be square, got {h}x{w}")
+    mean, std = channel_stats(taskset.train.images)
+    train = DeviceData(taskset.train, device, mean, std)
+    val = DeviceData(taskset.val, device, mean, std)
+    pos_weight = taskset.pos_weight.to(device=device, dtype=torch.float32)
+    task_weights = torch.ones_like(pos_weight)
+
+    torch.manual_seed(config.seed)
+    model = prepare_model(build_model(config.model, in_channels=c, size=h, n_tasks=taskset.n_tasks), device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    recorder = DataMapRecorder(len(train), taskset.n_tasks, device=device, ddof=config.ddof)
+
+    start_epoch = 0
+    if resumed and run.checkpoint.is_file():
+        start_epoch = _load_checkpoint(run, model, optimizer, recorder, probes, device)
+    meta.update(status="running", epochs_done=start_epoch, device=str(device), error=None)
+    meta["history"] = meta.get("history", [])[:start_epoch]
+    run.write(meta)
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    emit(Progress("start", start_epoch, config.epochs, start_epoch * steps_per_epoch, total_steps,
+                  message=f"{'resuming' if resumed else 'starting'} on {device}"))
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            result = _run_epoch(
+                model, optimizer, recorder, probes, train, pos_weight, task_weights, config,
+                epoch=epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                emit=emit, cancel=cancel,
+            )
+            if result is None:
+                meta.update(status="cancelled")
+                run.write(meta)
+                emit(Progress("cancelled", epoch - 1, config.epochs, (epoch - 1) * steps_per_epoch, total_steps,
+                              message="cancelled; the run keeps its last finished epoch"))
+                return meta
+            epoch_loss, seconds = result
+            metrics = quick_metrics(predict_logits(model, val), val.labels, pos_weight)
+            run.write_datamap(epoch, recorder.snapshot())
+            _save_checkpoint(run, model, optimizer, recorder, probes, epoch)
+            record = {"epoch": epoch, "loss": epoch_loss, "seconds": round(seconds, 3),
+                      "images_per_s": round(len(train) / seconds, 1), **metrics}
+            meta["history"].append(record)
+            meta.update(epochs_done=epoch, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            meta["timings"] = {"train_seconds": round(sum(r["seconds"] for r in meta["history"]), 3)}
+            run.write(meta)
+            emit(Progress("epoch", epoch, config.epochs, epoch * steps_per_epoch, total_steps, loss=epoch_loss,
+                          images_per_s=record["images_per_s"], eta_s=seconds * (config.epochs - epoch),
+                          metrics=metrics))
+    except BaseException as e:
+        meta.update(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
+                    error=None if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
+        run.write(meta)
+        raise
+    meta.update(status="done")
+    run.write(meta)
+    emit(Progress("done", config.epochs, config.epochs, total_steps, total_steps, message=f"done: {run.path}"))
+    return meta
+
+
+def _run_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    recorder: DataMapRecorder,
+    probes: Sequence[Probe],
+    train: DeviceData,
+    pos_weight: torch.Tensor,
+    task_weights: torch.Tensor,
+    config: TrainConfig,
+    *,
+    epoch: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    emit: EventFn,
+    cancel: threading.Event,
+) -> tuple[float, float] | None:
+    """One pass over the training split. Returns (mean loss, seconds), or None when cancelled."""
+    model.train()
+    g = epoch_generator(config.seed, epoch, train.device)
+    loss_sum = torch.zeros((), device=train.device)
+    t0 = last_event = time.monotonic()
+    step0 = (epoch - 1) * steps_per_epoch
+    for i, index in enumerate(epoch_batches(len(train), config.batch_size, g, train.device)):
+        if cancel.is_set():
+            return None
+        x, y = train.batch(index, augment=config.augment, generator=g)
+        with autocast(train.device):
+            logits = model(x)
+        logits = logits.float()
+        loss = weighted_bce(logits, y, pos_weight=pos_weight, task_weights=task_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        detached = logits.detach()
+        recorder.update(index, detached, y)
+        for probe in probes:
+            probe.on_step(StepInfo(model, x, detached, y, index, epoch, step0 + i))
+        loss_sum += loss.detach() * len(index)
+        now = time.monotonic()
+        if now - last_event > 0.5:
+            done = i + 1
+            rate = done * config.batch_size / (now - t0)
+            remaining = (total_steps - step0 - done) * config.batch_size / max(rate, 1e-9)
+            emit(Progress("step", epoch, config.epochs, step0 + done, total_steps, loss=float(loss.detach()),
+                          images_per_s=rate, eta_s=remaining))
+            last_event = now
+    seconds = time.monotonic() - t0
+    return float(loss_sum) / len(train), seconds
+
+
+def _save_checkpoint(run: RunDir, model, optimizer, recorder, probes: Sequence[Probe], epoch: int) -> None:
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "recorder": recorder.state_dict(),
+        "probes": [p.state_dict() for p in probes],
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_save(run.checkpoint, lambda f: torch.save(state, f))
+
+
+def _load_checkpoint(run: RunDir, model, optimizer, recorder, probes: Sequence[Probe], device) -> int:
+    try:
+        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        recorder.load_state_dict(state["recorder"])
+        for probe, s in zip(probes, state.get("probes", [])):
+            probe.load_state_dict(s)
+        return int(state["epoch"])
+    except Exception as e:  # a corrupt or foreign checkpoint must not be silently trained over
+        raise StgError(f"checkpoint {run.checkpoint} cannot be loaded ({type(e).__name__}): move it away to restart") from None

@@ -1,0 +1,130 @@
+"""Group the tasks of a run: features -> soft clustering -> scores -> RUN/groupings/G.json.
+
+This is what ``stg group`` and the dashboard's grouping page call.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from stg.errors import StgError
+from stg.features import check_projection_dim, check_stats, resolve_epochs, task_coordinates
+from stg.fuzzy import check_cluster_args, cluster_tasks
+from stg.reference import compare
+from stg.rundir import RunDir, check_name
+
+FEATURE_STATS = ("confidence", "variability")
+
+
+def default_name(*, method: str, k: int, m: float, seed: int = 0, epochs: str = "last",
+                 projection_dim: int | None = None) -> str:
+    """e.g. ``fuzzy-kmeans-k20-m1.07``; ``-s<seed>``, ``-p<dim>``, ``-e<epochs>`` when not default."""
+    name = f"{method}-k{k}" + (f"-m{m:g}" if method != "kmeans" else "")
+    if seed:
+        name += f"-s{seed}"
+    if projection_dim:
+        name += f"-p{projection_dim}"
+    if epochs != "last":
+        name += f"-e{epochs}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    return name[:64]
+
+
+def make_grouping(
+    run: RunDir,
+    *,
+    k: int,
+    m: float = 1.07,
+    method: str = "fuzzy-kmeans",
+    seed: int = 0,
+    name: str | None = None,
+    epochs: str = "last",
+    projection_dim: int | None = None,
+    save: bool = True,
+    n_init: int = 10,
+) -> dict[str, Any]:
+    """Cluster the tasks of ``run`` and (if ``save``) write RUN/groupings/<name>.json.
+
+    Features: the flattened [confidence, variability] of the chosen snapshots (spec section 3),
+    optionally randomly projected to ``projection_dim``; clustered through their exact isometric
+    coordinates (cached in RUN/cache). Scores against every reference in run.json (tasks absent
+    from a reference are left out of its score; ``n_tasks`` counts the rest).
+    Everything is validated before anything is written. Returns the grouping dict:
+      name, k, fuzziness, method, seed, n_init, task_names, membership (T lists of k floats),
+      labels (T ints), scores {ref: {ari, nmi, purity, n_tasks}}, features {...}, n_iter,
+      created (ISO time), elapsed_s.
+    """
+    start = time.perf_counter()
+    meta = run.read()
+    task_names = list(meta["task_names"])
+    k, m, method = check_cluster_args(len(task_names), k=k, m=m, method=method)
+    stats = check_stats(FEATURE_STATS)
+    projection_dim = check_projection_dim(projection_dim)
+    name = check_name(name if name is not None else default_name(
+        method=method, k=k, m=m, seed=seed, epochs=epochs, projection_dim=projection_dim), "grouping name")
+    available = run.datamap_epochs()
+    if not available:
+        raise StgError(f"run {run.path} has no data map yet: run `stg datamap --out {run.path}` first")
+    epoch_list = resolve_epochs(epochs, available)
+
+    coords = task_coordinates(run, epochs=epochs, stats=stats, projection_dim=projection_dim, seed=seed)
+    result = cluster_tasks(coords, k=k, m=m, method=method, seed=seed, n_init=n_init)
+    references = meta.get("references") or {}
+    scores = {ref: compare(result.labels, groups, task_names, missing="ignore") for ref, groups in references.items()}
+
+    grouping = {
+        "name": name,
+        "k": k,
+        "fuzziness": m,
+        "method": method,
+        "seed": int(seed),
+        "n_init": int(n_init),
+        "task_names": task_names,
+        "membership": [[float(v) for v in row] for row in result.membership],
+        "labels": [int(v) for v in result.labels],
+        "scores": scores,
+        "features": {
+            "epochs": epoch_list,
+            "stats": list(stats),
+            "projection_dim": projection_dim,
+            "scaling": "none",
+            "distance": "euclidean",
+        },
+        "n_iter": result.n_iter,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.perf_counter() - start, 4),
+    }
+    if save:
+        run.write_grouping(name, grouping)
+    return grouping
+
+
+def summary_lines(grouping: dict[str, Any]) -> list[str]:
+    """A human summary: header, one line per cluster (its tasks by decreasing membership), scores."""
+    w = np.asarray(grouping["membership"], dtype=np.float64)
+    labels = np.asarray(grouping["labels"], dtype=np.int64)
+    names = list(grouping["task_names"])
+    k = int(grouping["k"])
+    head = f"{grouping.get('name', 'grouping')}: {grouping['method']}, k={k}"
+    if grouping["method"] != "kmeans":
+        head += f", fuzziness m={grouping['fuzziness']:g}"
+    lines = [head + f", seed={grouping['seed']}, {len(names)} tasks"]
+    for c in range(k):
+        members = np.flatnonzero(labels == c)
+        members = members[np.argsort(-w[members, c], kind="stable")]
+        if len(members) == 0:
+            top = np.argsort(-w[:, c], kind="stable")[:3]
+            lines.append(f"  cluster {c} (0 tasks; strongest: "
+                         + ", ".join(f"{names[i]} {w[i, c]:.2f}" for i in top) + ")")
+            continue
+        body = ", ".join(f"{names[i]} {w[i, c]:.2f}" for i in members)
+        lines.append(f"  cluster {c} ({len(members)} tasks): {body}")
+    for ref, s in (grouping.get("scores") or {}).items():
+        lines.append(f"  vs {ref}: ARI {s['ari']:.3f}  NMI {s['nmi']:.3f}  purity {s['purity']:.3f}"
+                     + (f"  ({s['n_tasks']} of {len(names)} tasks)" if s.get("n_tasks", len(names)) != len(names) else ""))
+    return lines

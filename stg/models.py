@@ -1,0 +1,59 @@
+"""Models with T logits: the paper's small CNN and ResNet-18 (torchvision stem, or a CIFAR stem)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from stg.errors import StgError
+
+MODEL_NAMES = ("cnn", "resnet18", "resnet18-cifar")
+
+
+class PaperCNN(nn.Module):
+    """STG-MTL's ``CUSTOM_1`` network, sized from the input.
+
+    conv5x5(C->32, no pad)-BN-ReLU-maxpool2 -> conv3x3(32->64)-BN-ReLU -> conv3x3(64->64)-BN-ReLU
+    -> maxpool2 -> flatten -> dropout 0.2 -> linear(->128)-ReLU -> dropout 0.2 -> linear(128->T).
+    Input (B, C, H, W) float; output (B, T) logits.
+    """
+
+    def __init__(self, in_channels: int, size: int, n_tasks: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        side = ((size - 4) // 2) // 2
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(64 * side * side, 128), nn.ReLU(inplace=True),
+            nn.Dropout(0.2), nn.Linear(128, n_tasks),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(name: str, *, in_channels: int, size: int, n_tasks: int) -> nn.Module:
+    """A fresh model with ``n_tasks`` outputs for (C, size, size) inputs.
+
+    ``resnet18`` is torchvision's network as the paper uses it (7x7 stride-2 stem and max-pool; the
+    head has no bias); ``resnet18-cifar`` swaps the stem for a 3x3 stride-1 conv and no max-pool,
+    the usual choice for 32x32 images.
+    """
+    if name == "cnn":
+        if size < 8:
+            raise StgError(f"model 'cnn' needs images of at least 8x8 pixels, got {size}x{size}")
+        return PaperCNN(in_channels, size, n_tasks)
+    if name in ("resnet18", "resnet18-cifar"):
+        net = resnet18(weights=None, num_classes=n_tasks)
+        net.fc = nn.Linear(net.fc.in_features, n_tasks, bias=False)
+        if name == "resnet18-cifar":
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        return net
+    raise StgError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")

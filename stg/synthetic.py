@@ -1,0 +1,124 @@
+"""A synthetic image dataset with a planted class hierarchy: the scale test for task grouping.
+
+Generator (all vectorised torch, one ``torch.Generator`` seeded with ``seed``):
+
+1. **Superclass prototype** (n_super of them): a smooth random colour field, a 4x4x3 Gaussian
+   grid upsampled bicubically to size x size, plus a random soft-edged ellipse (centre, radii,
+   colour) - so siblings share both colour layout and a shape.
+2. **Class pattern** = prototype + ``class_scale`` x a class-specific smooth field (8x8 grid
+   upsampled, finer than the prototype) + a small class-specific blob. The class part is smaller
+   than the prototype, so siblings look alike and are told apart by finer detail only.
+3. **Sample** = class pattern under a random affine jitter (shift up to +-12 % of the image,
+   rotation up to +-15 deg, scale 0.9-1.1, horizontal flip with p = 0.5, reflection padding), plus a
+   per-sample smooth nuisance field, then contrast (x0.7-1.3) and brightness (+-0.3) jitter and
+   Gaussian pixel noise; mapped to uint8 by ``128 + 48 * x`` clamped to [0, 255] (truncated).
+
+Superclasses are easy to tell apart; sibling classes are not trivially separable, so a CNN's
+one-vs-rest tasks for siblings are uncertain on the same images and their data maps look alike:
+the planted reference ``planted`` (super_00: class_000..class_004, ...) is what task grouping
+should recover.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from stg.errors import StgError
+from stg.taskset import ClassData
+
+
+def _smooth_field(n: int, grid: int, size: int, gen: torch.Generator, mode: str = "bicubic") -> torch.Tensor:
+    """(n, 3, size, size) float32: a grid x grid Gaussian field upsampled (bicubic or bilinear)."""
+    coarse = torch.randn(n, 3, grid, grid, generator=gen)
+    return F.interpolate(coarse, size=(size, size), mode=mode, align_corners=False)
+
+
+def _ellipses(n: int, size: int, gen: torch.Generator, radius: tuple[float, float]) -> torch.Tensor:
+    """(n, 3, size, size) float32: one soft-edged coloured ellipse per row."""
+    lin = torch.linspace(-1.0, 1.0, size)
+    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+    centre = (torch.rand(n, 2, generator=gen) - 0.5) * 1.0
+    radii = radius[0] + (radius[1] - radius[0]) * torch.rand(n, 2, generator=gen)
+    colour = torch.randn(n, 3, generator=gen) * 1.2
+    d = ((xx - centre[:, 0, None, None]) / radii[:, 0, None, None]) ** 2 + (
+        (yy - centre[:, 1, None, None]) / radii[:, 1, None, None]
+    ) ** 2
+    mask = torch.sigmoid((1.0 - d) * 6.0)  # (n, size, size)
+    return mask[:, None] * colour[:, :, None, None]
+
+
+def _jitter(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random affine jitter of (n, 3, S, S): shift, rotation, scale, horizontal flip."""
+    n = images.shape[0]
+    angle = (torch.rand(n, generator=gen) - 0.5) * 2 * math.radians(15)
+    scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 2 * 0.24  # grid units: 0.24 = 12 % of the image
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def make_synthetic_hierarchy(
+    *,
+    n_super: int = 20,
+    n_per_super: int = 5,
+    train_per_class: int = 120,
+    test_per_class: int = 30,
+    size: int = 32,
+    seed: int = 0,
+    class_scale: float = 0.45,
+    noise: float = 0.35,
+) -> ClassData:
+    """The planted-hierarchy dataset (see the module docstring); deterministic by ``seed``.
+
+    train_images: (n_super * n_per_super * train_per_class, 3, size, size) uint8, rows grouped by class;
+    test_images: (n_super * n_per_super * test_per_class, 3, size, size) uint8.
+    Reference ``planted``: super_XX -> [class_XXX, ...].
+    """
+    if n_super < 1 or n_per_super < 1 or train_per_class < 1 or test_per_class < 0 or size < 8:
+        raise StgError(
+            "synthetic hierarchy needs n_super, n_per_super, train_per_class >= 1, test_per_class >= 0, size >= 8"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    n_classes = n_super * n_per_super
+    proto = _smooth_field(n_super, 4, size, gen) + _ellipses(n_super, size, gen, (0.35, 0.7))
+    own = _smooth_field(n_classes, 8, size, gen) + 0.8 * _ellipses(n_classes, size, gen, (0.15, 0.35))
+    patterns = proto.repeat_interleave(n_per_super, 0) + class_scale * own  # (K, 3, S, S)
+
+    def sample(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        classes = torch.arange(n_classes).repeat_interleave(per_class)
+        n = classes.shape[0]
+        x = _jitter(patterns[classes], gen)
+        x.add_(_smooth_field(n, 4, size, gen, "bilinear").mul_(0.5))
+        contrast = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=gen)
+        brightness = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6
+        x.mul_(contrast).add_(brightness).add_(torch.randn(x.shape, generator=gen).mul_(noise))
+        return x.mul_(48).add_(128).clamp_(0, 255).to(torch.uint8), classes
+
+    train_images, train_classes = sample(train_per_class)
+    test_images, test_classes = sample(test_per_class)
+    class_names = tuple(f"class_{k:03d}" for k in range(n_classes))
+    planted = {
+        f"super_{s:02d}": list(class_names[s * n_per_super: (s + 1) * n_per_super]) for s in range(n_super)
+    }
+    return ClassData(
+        name="synthetic-hierarchy",
+        class_names=class_names,
+        train_images=train_images,
+        train_classes=train_classes,
+        test_images=test_images,
+        test_classes=test_classes,
+        class_references={"planted": planted},
+        default_tasks="ovr:all",
+        source=(
+            f"synthetic planted hierarchy: {n_super} superclasses x {n_per_super} classes, "
+            f"{train_per_class}/{test_per_class} train/test images per class, {size}x{size}, seed {seed}"
+        ),
+    )

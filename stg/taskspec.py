@@ -1,0 +1,363 @@
+"""The task-spec mini-language: turn a ``ClassData`` into a ``TaskSet`` of binary tasks.
+
+Grammar (terms separated by ``;``, whitespace around terms ignored)::
+
+    spec   := term (";" term)*
+    term   := "ovr:all"                      one-vs-rest task per class, named after the class
+            | "ovr:" CLASS ("," CLASS)*      one-vs-rest for the listed classes
+            | "union:" NAME "=" CLASS ("," CLASS)*   positive iff the class is listed
+            | "not:" NAME                    complement of an earlier task NAME, named not_NAME
+            | "random"                       Bernoulli(0.5) label per image (by seed), named random
+            | "flipped"                      per-image flag (by seed); flagged images are flipped
+                                             upside down in every split; named upside_down
+            | PRESET                         a named preset, e.g. paper10, paper15, composite
+
+Presets: ``paper10`` (CIFAR-10's 10 one-vs-rest tasks), ``paper15`` (the STG-MTL paper's 15
+CIFAR-10 tasks in the paper's order), ``composite`` (Fashion-MNIST: 10 one-vs-rest, footwear,
+not_footwear, random).
+
+Splits: the loader's train rows are permuted with ``torch.Generator().manual_seed(seed)``; the
+first ``round(val_fraction * N)`` go to val, the rest to train (each split keeps its rows in
+ascending loader order). The test split is the loader's test set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stg.errors import StgError
+from stg.taskset import ClassData, Reference, Split, TaskSet
+
+GRAMMAR = (
+    "spec = terms separated by ';': ovr:all | ovr:C1,C2 | union:NAME=C1,C2 | not:NAME | random | flipped "
+    "| preset (" + ", ".join(("paper10", "paper15", "composite")) + ")"
+)
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+FASHION_CLASSES = (
+    "tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named spec, valid only for datasets that have all of ``classes``."""
+
+    name: str
+    classes: tuple[str, ...]
+    dataset: str
+    spec: str
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("paper10", CIFAR10_CLASSES, "cifar10", "ovr:" + ",".join(CIFAR10_CLASSES)),
+        Preset(
+            "paper15",
+            CIFAR10_CLASSES,
+            "cifar10",
+            "ovr:" + ",".join(CIFAR10_CLASSES)
+            + ";union:living=bird,cat,deer,dog,frog,horse"
+            + ";union:odd=automobile,cat,dog,horse,truck"
+            + ";flipped;not:living;random",
+        ),
+        Preset(
+            "composite",
+            FASHION_CLASSES,
+            "fashion-mnist",
+            "ovr:all;union:footwear=sandal,sneaker,ankle_boot;not:footwear;random",
+        ),
+    )
+}
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+# Independent random streams, combined with the user's seed through numpy's SeedSequence.
+_STREAM_RANDOM, _STREAM_FLIP, _STREAM_LIMIT = 1, 2, 3
+_SPLIT_TRAIN, _SPLIT_TEST = 0, 1
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    """One parsed task. kind: ovr | union | not | random | flipped.
+
+    classes: class indices whose images are positive (ovr/union); of: the complemented task (not).
+    """
+
+    name: str
+    kind: str
+    classes: tuple[int, ...] = ()
+    of: str = ""
+
+
+def safe_name(name: str) -> str:
+    """A task-name-safe version of a class name: [A-Za-z0-9_.-], at most 64 chars."""
+    out = re.sub(r"[^A-Za-z0-9_.\-]+", "_", name.strip()).strip("_") or "class"
+    if not re.match(r"[A-Za-z0-9_]", out[0]):
+        out = "_" + out
+    return out[:64]
+
+
+def _few(names: tuple[str, ...] | list[str], n: int = 8) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _class_lookup(class_names: tuple[str, ...]) -> dict[str, int]:
+    lookup: dict[str, int] = {}
+    for i, c in enumerate(class_names):
+        lookup.setdefault(safe_name(c), i)
+    for i, c in enumerate(class_names):
+        lookup[c] = i
+    return lookup
+
+
+def _check_name(name: str, term: str) -> str:
+    if not _SAFE_NAME.match(name):
+        raise StgError(
+            f"bad task name {name!r} in term {term!r}: use 1-64 characters from A-Z a-z 0-9 _ . - "
+            "(not starting with . or -)"
+        )
+    return name
+
+
+def expand_presets(spec: str, class_names: tuple[str, ...]) -> list[str]:
+    """The spec's terms, with presets replaced by their terms. Empty terms are skipped."""
+    terms: list[str] = []
+    for raw in spec.split(";"):
+        term = raw.strip()
+        if not term:
+            continue
+        preset = PRESETS.get(term)
+        if preset is None:
+            terms.append(term)
+            continue
+        missing = [c for c in preset.classes if c not in class_names]
+        if missing:
+            raise StgError(
+                f"preset {term!r} is for {preset.dataset} (needs classes {_few(list(preset.classes), 5)}); "
+                f"this dataset lacks {_few(missing, 3)}"
+            )
+        terms.extend(t.strip() for t in preset.spec.split(";"))
+    if not terms:
+        raise StgError(f"empty task spec: {GRAMMAR}")
+    return terms
+
+
+def parse_spec(spec: str, class_names: tuple[str, ...]) -> list[TaskDef]:
+    """Parse ``spec`` against the dataset's classes; raises StgError on any bad term."""
+    lookup = _class_lookup(class_names)
+    tasks: list[TaskDef] = []
+    seen: set[str] = set()
+
+    def classes_of(term: str, text: str) -> tuple[int, ...]:
+        names = [c.strip() for c in text.split(",")]
+        if not text.strip() or any(not c for c in names):
+            raise StgError(f"malformed task spec term {term!r} (empty class name): {GRAMMAR}")
+        out = []
+        for c in names:
+            if c not in lookup:
+                raise StgError(
+                    f"unknown class {c!r} in task spec term {term!r}; valid classes: {_few(class_names)}"
+                )
+            out.append(lookup[c])
+        if len(set(out)) != len(out):
+            raise StgError(f"class listed twice in task spec term {term!r}")
+        return tuple(out)
+
+    def add(task: TaskDef, term: str) -> None:
+        if task.name in seen:
+            raise StgError(f"duplicate task name {task.name!r} (from term {term!r}): task names must be unique")
+        seen.add(task.name)
+        tasks.append(task)
+
+    for term in expand_presets(spec, class_names):
+        kind, sep, arg = term.partition(":")
+        kind, arg = kind.strip(), arg.strip()
+        if kind == "ovr" and sep:
+            idx = tuple(range(len(class_names))) if arg == "all" else classes_of(term, arg)
+            for i in idx:
+                add(TaskDef(_check_name(safe_name(class_names[i]), term), "ovr", (i,)), term)
+        elif kind == "union" and sep:
+            name, eq, members = arg.partition("=")
+            if not eq or not name.strip():
+                raise StgError(f"malformed task spec term {term!r} (expected union:NAME=C1,C2): {GRAMMAR}")
+            add(TaskDef(_check_name(name.strip(), term), "union", classes_of(term, members)), term)
+        elif kind == "not" and sep:
+            if arg not in seen:
+                raise StgError(
+                    f"term {term!r} complements unknown task {arg!r}: it must name an earlier task "
+                    f"(so far: {_few(sorted(seen), 5) or 'none'})"
+                )
+            add(TaskDef(_check_name("not_" + arg, term), "not", of=arg), term)
+        elif term == "random":
+            add(TaskDef("random", "random"), term)
+        elif term == "flipped":
+            add(TaskDef("upside_down", "flipped"), term)
+        else:
+            raise StgError(f"malformed task spec term {term!r}: {GRAMMAR}")
+    return tasks
+
+
+# ----------------------------------------------------------------------------------- splits
+
+
+def _bernoulli(seed: int, stream: int, split: int, n: int) -> torch.Tensor:
+    """(n,) bool, fair coin per loader row, fixed by (seed, stream, split)."""
+    rng = np.random.default_rng([seed, stream, split])
+    return torch.from_numpy(rng.random(n) < 0.5)
+
+
+def stratified_subset(classes: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+    """Sorted (min(limit, N),) int64 rows keeping class proportions; deterministic by seed.
+
+    Each row gets the key (rank within its class in a seeded shuffle + 0.5) / class size; the
+    ``limit`` smallest keys give a proportional sample in which every class appears early.
+    """
+    n = int(classes.shape[0])
+    if limit >= n:
+        return torch.arange(n)
+    rng = np.random.default_rng([seed, _STREAM_LIMIT, n])
+    perm = rng.permutation(n)
+    cls = classes.numpy()[perm]
+    order = np.argsort(cls, kind="stable")
+    counts = np.bincount(cls)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.repeat(starts, counts)
+    key = (rank + 0.5) / counts[cls]
+    chosen = perm[np.argsort(key, kind="stable")[:limit]]
+    return torch.from_numpy(np.sort(chosen)).long()
+
+
+def split_rows(n: int, seed: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_rows, val_rows) positions in 0..n-1, each sorted; val = first round(f*n) of a seeded permutation."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise StgError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(val_fraction * n))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _labels(tasks: list[TaskDef], classes: torch.Tensor, rows: torch.Tensor, seed: int, split: int, pool: int) -> torch.Tensor:
+    """(N, T) float32 labels for images of ``classes`` (N,) at loader rows ``rows`` (N,)."""
+    cols: dict[str, torch.Tensor] = {}
+    for t in tasks:
+        if t.kind in ("ovr", "union"):
+            col = torch.isin(classes, torch.tensor(t.classes, dtype=classes.dtype))
+        elif t.kind == "not":
+            col = ~cols[t.of]
+        else:
+            stream = _STREAM_RANDOM if t.kind == "random" else _STREAM_FLIP
+            col = _bernoulli(seed, stream, split, pool)[rows]
+        cols[t.name] = col
+    if not tasks:
+        return torch.zeros(len(classes), 0)
+    return torch.stack([cols[t.name] for t in tasks], 1).float()
+
+
+def _make_split(
+    images: torch.Tensor, classes: torch.Tensor, rows: torch.Tensor, tasks: list[TaskDef], seed: int, split: int
+) -> Split:
+    pool = int(images.shape[0])
+    imgs = images[rows]
+    cls = classes[rows]
+    labels = _labels(tasks, cls, rows, seed, split, pool)
+    flip_cols = [i for i, t in enumerate(tasks) if t.kind == "flipped"]
+    if flip_cols:
+        flag = labels[:, flip_cols[0]].bool()
+        imgs[flag] = imgs[flag].flip(-2)
+    return Split(images=imgs.contiguous(), labels=labels, classes=cls.long(), index=rows.long())
+
+
+def _check_tasks(task_names: tuple[str, ...], labels: torch.Tensor) -> None:
+    n = labels.shape[0]
+    pos = labels.sum(0)
+    for name, p in zip(task_names, pos.tolist()):
+        if p == 0:
+            raise StgError(f"task {name!r} is empty: no positive image in the train split ({n} images)")
+        if p == n:
+            raise StgError(f"task {name!r} is constant: every train image ({n}) is positive")
+
+
+# ------------------------------------------------------------------------------- references
+
+
+def task_references(class_references: dict[str, Reference], class_names: tuple[str, ...], tasks: list[TaskDef]) -> dict[str, Reference]:
+    """Map each class reference onto tasks: ovr -> its class's group; a union inside one group -> that
+    group; anything else -> a singleton group named after the task. Empty groups are dropped."""
+    out: dict[str, Reference] = {}
+    for ref_name, groups in class_references.items():
+        group_of = {c: g for g, members in groups.items() for c in members}
+        result: dict[str, list[str]] = {g: [] for g in groups}
+        for t in tasks:
+            gs = {group_of.get(class_names[i]) for i in t.classes} if t.kind in ("ovr", "union") else {None}
+            if len(gs) == 1 and None not in gs:
+                result[gs.pop()].append(t.name)
+            else:
+                g = t.name
+                while g in result:
+                    g = g + "_"
+                result[g] = [t.name]
+        out[ref_name] = {g: m for g, m in result.items() if m}
+    return out
+
+
+# ---------------------------------------------------------------------------------- builder
+
+
+def build_taskset(
+    data: ClassData,
+    spec: str | None = None,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    limit: int | None = None,
+) -> TaskSet:
+    """The task set defined by ``spec`` (default: ``data.default_tasks``) on ``data``.
+
+    limit: keep a class-stratified subset of at most ``limit`` loader train rows (split into
+    train/val afterwards) and at most ``max(limit // 4, n_classes)`` test rows; deterministic by seed.
+    Raises StgError on a bad spec or an empty/constant task in the train split.
+    """
+    text = data.default_tasks if spec is None or not spec.strip() else spec
+    tasks = parse_spec(text, data.class_names)
+    task_names = tuple(t.name for t in tasks)
+
+    pool = data.train_classes
+    pool_rows = torch.arange(int(pool.shape[0]))
+    test_rows = torch.arange(int(data.test_classes.shape[0]))
+    if limit is not None:
+        if limit < 2:
+            raise StgError(f"limit must be at least 2, got {limit}")
+        pool_rows = stratified_subset(pool, limit, seed)
+        test_limit = max(limit // 4, len(data.class_names))
+        test_rows = stratified_subset(data.test_classes, test_limit, seed)
+    train_pos, val_pos = split_rows(len(pool_rows), seed, val_fraction)
+
+    train = _make_split(data.train_images, data.train_classes, pool_rows[train_pos], tasks, seed, _SPLIT_TRAIN)
+    _check_tasks(task_names, train.labels)
+    val = _make_split(data.train_images, data.train_classes, pool_rows[val_pos], tasks, seed, _SPLIT_TRAIN)
+    test = _make_split(data.test_images, data.test_classes, test_rows, tasks, seed, _SPLIT_TEST)
+
+    positives = train.labels.sum(0)
+    pos_weight = ((len(train) - positives) / positives).float()
+    return TaskSet(
+        dataset=data.name,
+        task_names=task_names,
+        class_names=data.class_names,
+        train=train,
+        val=val,
+        test=test,
+        pos_weight=pos_weight,
+        references=task_references(data.class_references, data.class_names, tasks),
+        tasks_spec=";".join(t.strip() for t in text.split(";") if t.strip()),
+        seed=seed,
+        source=data.source,
+    )

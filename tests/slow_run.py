@@ -1,0 +1,33 @@
+"""A data-map run on the tiny task set, slowed by a per-step sleep so a test can kill it mid-run.
+
+usage: python slow_run.py OUT SLEEP_SECONDS
+"""
+
+import sys
+import time
+
+import torch
+
+from stg.engine import TrainConfig, train_datamap
+from tiny import tiny_taskset
+
+torch.set_num_threads(1)
+
+
+class Sleep:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step(self, info) -> None:
+        time.sleep(self.seconds)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    out, pause = sys.argv[1], float(sys.argv[2])
+    train_datamap(tiny_taskset(n_train=160), TrainConfig(epochs=5, batch_size=16), out, probes=[Sleep(pause)])

@@ -1,0 +1,234 @@
+"""Engine numerics and run-directory behaviour: loss, Welford data maps, resume, cancel, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stg.datamap import DataMapRecorder
+from stg.engine import StepInfo, TrainConfig, train_datamap
+from stg.errors import StgError
+from stg.loss import per_task_loop_bce, weighted_bce
+from stg.rundir import RunDir
+from tiny import tiny_taskset
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_loss_equals_per_task_loop(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    b, t = 37, 23
+    logits = torch.randn(b, t, generator=g, dtype=torch.float64) * 4
+    targets = (torch.rand(b, t, generator=g) < 0.3).double()
+    pos_weight = torch.rand(t, generator=g, dtype=torch.float64) * 20 + 0.1
+    weights = torch.rand(t, generator=g, dtype=torch.float64)
+    fast = weighted_bce(logits, targets, pos_weight=pos_weight, task_weights=weights)
+    slow = per_task_loop_bce(logits, targets, pos_weight=pos_weight, task_weights=weights)
+    assert abs(float(fast) - float(slow)) < 1e-6 * max(1.0, abs(float(slow)))
+    # and the gradients agree too
+    a = logits.clone().requires_grad_(True)
+    c = logits.clone().requires_grad_(True)
+    weighted_bce(a, targets, pos_weight=pos_weight, task_weights=weights).backward()
+    per_task_loop_bce(c, targets, pos_weight=pos_weight, task_weights=weights).backward()
+    torch.testing.assert_close(a.grad, c.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_recorder_matches_numpy_on_random_batches(ddof: int) -> None:
+    g = torch.Generator().manual_seed(ddof)
+    n, t, epochs = 50, 7, 4
+    rec = DataMapRecorder(n, t, device=torch.device("cpu"), ddof=ddof)
+    targets = (torch.rand(n, t, generator=g) < 0.5).float()
+    seen = np.zeros((epochs, t, n), dtype=np.float64)
+    for e in range(epochs):
+        logits = torch.randn(n, t, generator=g) * 3
+        for index in torch.randperm(n, generator=g).split(8):
+            rec.update(index, logits[index], targets[index])
+        p = torch.sigmoid(logits).double()
+        seen[e] = torch.where(targets > 0.5, p, 1 - p).t().numpy()
+        snap = rec.snapshot()
+        obs = seen[: e + 1]
+        np.testing.assert_allclose(snap["confidence"], obs.mean(0), atol=1e-5)
+        want_std = obs.std(0, ddof=ddof) if e + 1 > ddof else np.zeros((t, n))
+        np.testing.assert_allclose(snap["variability"], want_std, atol=1e-5)
+        np.testing.assert_allclose(snap["correctness"], (obs > 0.5).mean(0), atol=1e-6)
+        assert all(v.dtype == np.float32 and v.shape == (t, n) for v in snap.values())
+
+
+class ConfidenceLog:
+    """A probe that keeps every step's confidences, to check the written data maps against."""
+
+    def __init__(self, n: int, t: int):
+        self.per_epoch: dict[int, np.ndarray] = {}
+        self.n, self.t = n, t
+
+    def on_step(self, info: StepInfo) -> None:
+        store = self.per_epoch.setdefault(info.epoch, np.full((self.t, self.n), np.nan))
+        c = DataMapRecorder.confidence(info.logits, info.targets)
+        store[:, info.index.numpy()] = c.t().double().numpy()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_written_datamaps_are_welford_of_step_confidences(tmp_path: Path, ddof: int) -> None:
+    ts = tiny_taskset()
+    log = ConfidenceLog(len(ts.train), ts.n_tasks)
+    train_datamap(ts, TrainConfig(epochs=3, batch_size=20, ddof=ddof), tmp_path / "run", probes=[log])
+    run = RunDir(tmp_path / "run")
+    assert run.datamap_epochs() == [1, 2, 3]
+    for epoch in (1, 2, 3):
+        obs = np.stack([log.per_epoch[e] for e in range(1, epoch + 1)])
+        assert not np.isnan(obs).any(), "every sample is seen exactly once per epoch"
+        dm = run.load_datamap(epoch)
+        np.testing.assert_allclose(dm["confidence"], obs.mean(0), atol=1e-5)
+        want = obs.std(0, ddof=ddof) if epoch > ddof else np.zeros_like(obs[0])
+        np.testing.assert_allclose(dm["variability"], want, atol=1e-5)
+        np.testing.assert_allclose(dm["correctness"], (obs > 0.5).mean(0), atol=1e-6)
+    meta = run.read()
+    assert meta["status"] == "done" and meta["epochs_done"] == 3 and len(meta["history"]) == 3
+
+
+def _datamaps(path: Path) -> dict[int, dict[str, np.ndarray]]:
+    run = RunDir(path)
+    return {e: run.load_datamap(e) for e in run.datamap_epochs()}
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    da, db = _datamaps(a), _datamaps(b)
+    assert sorted(da) == sorted(db)
+    for e in da:
+        for key in da[e]:
+            np.testing.assert_array_equal(da[e][key], db[e][key])
+    ca = torch.load(a / "checkpoint.pt", weights_only=True)["model"]
+    cb = torch.load(b / "checkpoint.pt", weights_only=True)["model"]
+    for key in ca:
+        torch.testing.assert_close(ca[key], cb[key], rtol=0, atol=0)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
+    script = HERE / "slow_run.py"
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    subprocess.run([sys.executable, str(script), str(full), "0"], check=True, env=env, timeout=300)
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.01"], env=env)
+    deadline = time.monotonic() + 240
+    while not RunDir(killed).datamap_path(2).exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    meta = RunDir(killed).read()
+    assert meta["status"] == "running" and 1 <= meta["epochs_done"] < 5, "killed mid-run"
+    subprocess.run([sys.executable, str(script), str(killed), "0"], check=True, env=env, timeout=300)
+    assert RunDir(killed).read()["status"] == "done"
+    _assert_same_run(full, killed)
+
+
+class CancelAfter:
+    def __init__(self, steps: int, event: threading.Event):
+        self.steps, self.event, self.seen = steps, event, 0
+
+    def on_step(self, info: StepInfo) -> None:
+        self.seen += 1
+        if self.seen == self.steps:
+            self.event.set()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_cancel_stops_within_a_step_and_resume_completes(tmp_path: Path) -> None:
+    ts = tiny_taskset()
+    cfg = TrainConfig(epochs=3, batch_size=16)  # 6 steps per epoch
+    cancel = threading.Event()
+    probe = CancelAfter(8, cancel)
+    meta = train_datamap(ts, cfg, tmp_path / "c", cancel=cancel, probes=[probe])
+    assert meta["status"] == "cancelled" and meta["epochs_done"] == 1
+    assert probe.seen == 8, "no step runs after cancel is set"
+    run = RunDir(tmp_path / "c")
+    assert run.read()["status"] == "cancelled" and run.datamap_epochs() == [1]
+    train_datamap(ts, cfg, tmp_path / "c")
+    train_datamap(ts, cfg, tmp_path / "u")
+    _assert_same_run(tmp_path / "u", tmp_path / "c")
+
+
+def test_more_epochs_extend_a_finished_run(tmp_path: Path) -> None:
+    ts = tiny_taskset()
+    train_datamap(ts, TrainConfig(epochs=2, batch_size=16), tmp_path / "a")
+    train_datamap(ts, TrainConfig(epochs=3, batch_size=16), tmp_path / "a")
+    train_datamap(ts, TrainConfig(epochs=3, batch_size=16), tmp_path / "b")
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"batch_size": 10_000}, "larger than the training split"),
+        ({"model": "vgg"}, "unknown model 'vgg'"),
+        ({"lr": -1.0}, "--lr must be a positive number"),
+    ],
+)
+def test_bad_config_is_a_one_line_error(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(StgError, match=message) as info:
+        train_datamap(tiny_taskset(), TrainConfig(**{"batch_size": 16, **kwargs}), tmp_path / "r")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "r").exists(), "nothing is written for bad input"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StgError, match="no CUDA GPU"):
+        train_datamap(tiny_taskset(), TrainConfig(device="cuda", batch_size=16), tmp_path / "r")
+
+
+def test_other_run_in_out_is_refused_and_kept(tmp_path: Path) -> None:
+    ts = tiny_taskset()
+    train_datamap(ts, TrainConfig(epochs=1, batch_size=16), tmp_path / "r")
+    before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    with pytest.raises(StgError, match="holds another run"):
+        train_datamap(ts, TrainConfig(epochs=1, batch_size=32), tmp_path / "r")
+    after = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_unwritable_or_foreign_out(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StgError, match="cannot write to|not a directory"):
+        train_datamap(tiny_taskset(), TrainConfig(epochs=1, batch_size=16), blocker / "run")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(StgError, match="holds no stg run"):
+        train_datamap(tiny_taskset(), TrainConfig(epochs=1, batch_size=16), foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path: Path) -> None:
+    ts = tiny_taskset()
+    train_datamap(ts, TrainConfig(epochs=1, batch_size=16), tmp_path / "r")
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(StgError, match="cannot be loaded"):
+        train_datamap(ts, TrainConfig(epochs=2, batch_size=16), tmp_path / "r")
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"garbage"
