@@ -7,6 +7,5 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -r requirements.txt
 echo "stg is installed in .venv ($(.venv/bin/stg --help >/dev/null && echo ok))"

@@ -1,0 +1,96 @@
+"""The dataset registry: a name (or a path to the user's own data) -> ClassData -> TaskSet.
+
+Names: fashion-sample (embedded, offline), fashion-mnist, cifar10, cifar100, synthetic-hierarchy,
+and ``folder:PATH`` / any existing folder or ``.npz`` path (see ``stg.folder``).
+Data root: ``--data-root`` if given, else ``$STG_DATA_ROOT``, else ``~/.cache/stg/data``;
+fashion-mnist without a data root also looks in /usr/share/datasets/fashion-mnist (Debian).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from stg.errors import StgError
+from stg.taskset import ClassData, TaskSet
+
+DATASET_NAMES = ("fashion-sample", "fashion-mnist", "cifar10", "cifar100", "synthetic-hierarchy")
+
+
+def default_data_root() -> Path:
+    """``$STG_DATA_ROOT`` or ``~/.cache/stg/data``."""
+    env = os.environ.get("STG_DATA_ROOT")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "stg" / "data"
+
+
+def _user_path(name: str) -> Path | None:
+    """The path of user data named ``folder:PATH`` or given as an existing path, else None."""
+    if name.startswith("folder:"):
+        return Path(name[len("folder:"):]).expanduser()
+    if name not in DATASET_NAMES and (name.endswith(".npz") or os.sep in name or name.startswith(".")):
+        p = Path(name).expanduser()
+        if p.exists():
+            return p
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, root: str, root_given: bool, download: bool) -> ClassData:
+    from stg import cifar, fashion, folder, synthetic
+
+    user = _user_path(name)
+    if user is not None:
+        return folder.load_user_data(user)
+    data_root = Path(root)
+    if name == "fashion-sample":
+        return fashion.load_fashion_sample()
+    if name == "fashion-mnist":
+        dirs = [data_root] if root_given else [data_root, fashion.SYSTEM_DIR]
+        return fashion.load_fashion_mnist(dirs, download_root=data_root if download else None)
+    if name == "cifar10":
+        return cifar.load_cifar10(data_root, download)
+    if name == "cifar100":
+        return cifar.load_cifar100(data_root, download)
+    if name == "synthetic-hierarchy":
+        return synthetic.make_synthetic_hierarchy()
+    raise StgError(
+        f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}, "
+        "or give folder:PATH (an image folder or .npz file)"
+    )
+
+
+def load_classdata(name: str, *, data_root: str | Path | None = None, download: bool = False) -> ClassData:
+    """The labelled images of dataset ``name`` (cached in-process per name and data root).
+
+    Raises StgError for an unknown name, missing files (the message says to pass --download),
+    or a corrupt file.
+    """
+    name = name.strip()
+    if _user_path(name) is not None:
+        name = "folder:" + str(_user_path(name).resolve())  # type: ignore[union-attr]
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+    return _load_cached(name, str(root.resolve()), data_root is not None, download)
+
+
+def load_taskset(
+    name: str,
+    *,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    tasks: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    limit: int | None = None,
+) -> TaskSet:
+    """The task set ``tasks`` (default: the dataset's default spec) on dataset ``name``; see
+    ``stg.taskspec.build_taskset`` for the spec language, split and ``limit``."""
+    from stg.taskspec import build_taskset
+
+    data = load_classdata(name, data_root=data_root, download=download)
+    return build_taskset(data, tasks, seed=seed, val_fraction=val_fraction, limit=limit)
+
+
+def clear_cache() -> None:
+    """Forget cached datasets (e.g. after files under a data root changed)."""
+    _load_cached.cache_clear()
