@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import streamlit as st
 
-from stg.errors import StgError
+from stg.errors import StgError  # noqa: F401 (pages use common.StgError)
 from stg.jobs import JobManager, get_manager
 from stg.rundir import RunDir, list_runs
 
@@ -82,9 +82,10 @@ def sidebar() -> RunDir | None:
             st.session_state.pop("selected_run", None)
             return None
         mgr = manager()
-        st.selectbox("Run", names, key="run_picker",
-                     format_func=lambda n: f"{STATUS_ICON.get(mgr.status(runs_root() / n), '')} {n}")
+        st.selectbox("Run", names, key="run_picker")
         chosen = st.session_state["run_picker"]
+        status = mgr.status(runs_root() / chosen)
+        st.caption(f"{STATUS_ICON.get(status, '')} {status}")
         st.session_state["selected_run"] = chosen
         if st.query_params.get("run") != chosen:
             st.query_params["run"] = chosen

@@ -131,7 +131,9 @@ def _require(folder: Path, files: tuple[str, ...], root: Path, what: str, downlo
         if not missing:
             return
         raise StgError(f"{what} download finished but {folder} lacks {', '.join(missing)}")
-    raise StgError(f"{what} not found in {root}: pass --download or put {folder.name}/ there")
+    missing = [f for f in files if not (folder / f).is_file()]
+    detail = f" ({folder.name}/ lacks {', '.join(missing)})" if folder.is_dir() else ""
+    raise StgError(f"{what} not found in {root}: pass --download or put {folder.name}/ there{detail}")
 
 
 def load_cifar100(root: Path, download: bool = False) -> ClassData:

@@ -35,8 +35,20 @@ def _user_path(name: str) -> Path | None:
     return None
 
 
+def _fingerprint(path: Path) -> tuple[int, ...]:
+    """mtimes of a user .npz, or of an image folder and its split/class folders (adding, removing
+    or renaming an image changes its class folder's mtime), so edited user data is reloaded."""
+    paths = [path]
+    if path.is_dir():
+        for split in ("train", "test"):
+            d = path / split
+            if d.is_dir():
+                paths += [d, *sorted(p for p in d.iterdir() if p.is_dir())]
+    return tuple(p.stat().st_mtime_ns for p in paths if p.exists())
+
+
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, root: str, root_given: bool, download: bool) -> ClassData:
+def _load_cached(name: str, root: str, root_given: bool, download: bool, stamp: tuple[int, ...] = ()) -> ClassData:
     from stg import cifar, fashion, folder, synthetic
 
     user = _user_path(name)
@@ -67,10 +79,13 @@ def load_classdata(name: str, *, data_root: str | Path | None = None, download: 
     or a corrupt file.
     """
     name = name.strip()
-    if _user_path(name) is not None:
-        name = "folder:" + str(_user_path(name).resolve())  # type: ignore[union-attr]
+    user = _user_path(name)
+    stamp: tuple[int, ...] = ()
+    if user is not None:
+        user = user.resolve()
+        name, stamp = f"folder:{user}", _fingerprint(user)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
-    return _load_cached(name, str(root.resolve()), data_root is not None, download)
+    return _load_cached(name, str(root.resolve()), data_root is not None, download, stamp)
 
 
 def load_taskset(

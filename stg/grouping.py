@@ -63,6 +63,8 @@ def make_grouping(
     meta = run.read()
     task_names = list(meta["task_names"])
     k, m, method = check_cluster_args(len(task_names), k=k, m=m, method=method)
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise StgError(f"invalid n_init {n_init!r}: use a positive integer (default 10)")
     stats = check_stats(FEATURE_STATS)
     projection_dim = check_projection_dim(projection_dim)
     name = check_name(name if name is not None else default_name(

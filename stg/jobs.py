@@ -167,7 +167,16 @@ class JobManager:
             return train_datamap(taskset, config, key, data_spec=data_spec, on_event=on_event, cancel=cancel)
 
         detail = {"dataset": data_spec.get("dataset"), "tasks": len(taskset.task_names), "epochs": config.epochs}
-        return self.start(key, "datamap", fn, detail=detail)
+        snap = self.start(key, "datamap", fn, detail=detail)
+        self._wait_for_run_json(key, timeout=10.0)
+        return self.snapshot(key) or snap
+
+    def _wait_for_run_json(self, key: str, *, timeout: float) -> None:
+        """Let the engine create run.json (it does so first) so run pickers list the new run at once."""
+        deadline = time.monotonic() + timeout
+        run = RunDir(key)
+        while time.monotonic() < deadline and not run.exists() and self.is_running(key):
+            time.sleep(0.02)
 
     def resume_datamap(self, run_path: str | Path, *, epochs: int | None = None, device: str | None = None,
                        loader: Callable[..., Any] | None = None) -> JobSnapshot:

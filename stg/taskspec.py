@@ -245,7 +245,9 @@ def split_rows(n: int, seed: int, val_fraction: float) -> tuple[torch.Tensor, to
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-def _labels(tasks: list[TaskDef], classes: torch.Tensor, rows: torch.Tensor, seed: int, split: int, pool: int) -> torch.Tensor:
+def _labels(
+    tasks: list[TaskDef], classes: torch.Tensor, rows: torch.Tensor, seed: int, split: int, pool: int
+) -> torch.Tensor:
     """(N, T) float32 labels for images of ``classes`` (N,) at loader rows ``rows`` (N,)."""
     cols: dict[str, torch.Tensor] = {}
     for t in tasks:
@@ -289,7 +291,9 @@ def _check_tasks(task_names: tuple[str, ...], labels: torch.Tensor) -> None:
 # ------------------------------------------------------------------------------- references
 
 
-def task_references(class_references: dict[str, Reference], class_names: tuple[str, ...], tasks: list[TaskDef]) -> dict[str, Reference]:
+def task_references(
+    class_references: dict[str, Reference], class_names: tuple[str, ...], tasks: list[TaskDef]
+) -> dict[str, Reference]:
     """Map each class reference onto tasks: ovr -> its class's group; a union inside one group -> that
     group; anything else -> a singleton group named after the task. Empty groups are dropped."""
     out: dict[str, Reference] = {}

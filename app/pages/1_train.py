@@ -1,0 +1,170 @@
+"""Train & data maps: start a data-map run in the background, watch it live, replay the data maps."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+from stg.engine import TrainConfig  # noqa: E402
+from stg.errors import StgError  # noqa: E402
+from stg.models import MODEL_NAMES  # noqa: E402
+from stg.plots import datamap_scatter, training_curves  # noqa: E402
+
+OWN = "your own folder or .npz (path below)"
+
+
+def dataset_names() -> list[str]:
+    try:
+        from stg.datasets import DATASET_NAMES
+    except ImportError:
+        return ["fashion-sample"]
+    return list(DATASET_NAMES)
+
+
+def start_run() -> None:
+    """Form callback: validate, load the data, start the job; errors go to session state."""
+    s = st.session_state
+    s.pop("train_error", None)
+    dataset = s["f_path"].strip() if s["f_dataset"] == OWN or s["f_path"].strip() else s["f_dataset"]
+    try:
+        if not dataset:
+            raise StgError("give the path of your own data folder or .npz file, or pick a dataset")
+        name = s["f_name"].strip() or common.new_run_name(Path(dataset).name)
+        from stg.rundir import check_name
+
+        check_name(name, "run name")
+        root = s["f_root"].strip() or None
+        spec = {"dataset": dataset, "data_root": str(Path(root).expanduser().resolve()) if root else None,
+                "tasks": s["f_tasks"].strip() or None, "limit": int(s["f_limit"]) or None,
+                "val_fraction": 0.1, "split_seed": int(s["f_seed"])}
+        config = TrainConfig(model=s["f_model"], epochs=int(s["f_epochs"]), batch_size=int(s["f_batch"]),
+                             lr=float(s["f_lr"]), seed=int(s["f_seed"]), device=s["f_device"])
+        out = common.runs_root() / name
+        if (out / "run.json").is_file():
+            raise StgError(f"run {name!r} already exists: choose another name (or pick it and press Resume)")
+        with st.spinner("loading the data"):
+            common.manager().start_datamap(out, spec, config)
+    except StgError as e:
+        s["train_error"] = str(e)
+        return
+    s["f_name"] = ""
+    common.select_run(name)
+
+
+def new_run_form() -> None:
+    names = dataset_names()
+    with st.form("new_run"):
+        st.subheader("Start a data-map run")
+        c1, c2, c3 = st.columns(3)
+        c1.selectbox("Dataset", names + [OWN], key="f_dataset",
+                     help="fashion-sample is embedded and works offline; the others read --data-root")
+        c1.text_input("…or a path to your own data", key="f_path", placeholder="/data/my_images or my.npz")
+        c1.text_input("Data root (optional)", key="f_root", placeholder="~/.cache/stg/data")
+        c2.text_input("Tasks spec (optional)", key="f_tasks", placeholder="dataset default, e.g. composite, paper15",
+                      help="ovr:all | ovr:C1,C2 | union:NAME=C1,C2 | not:NAME | random | flipped | a preset")
+        c2.selectbox("Model", list(MODEL_NAMES), key="f_model")
+        c2.selectbox("Device", ["auto", "cpu", "cuda"], key="f_device")
+        c2.text_input("Run name (optional)", key="f_name", placeholder="a new name under the runs folder")
+        c3.number_input("Epochs", min_value=1, max_value=500, value=3, key="f_epochs")
+        c3.number_input("Batch size", min_value=1, max_value=8192, value=128, key="f_batch")
+        c3.number_input("Limit (training images, 0 = all)", min_value=0, value=1000, step=500, key="f_limit")
+        c3.number_input("Learning rate", min_value=1e-6, max_value=1.0, value=1e-3, format="%g", key="f_lr")
+        c3.number_input("Seed", min_value=0, value=0, key="f_seed")
+        st.form_submit_button("Start run", type="primary", on_click=start_run)
+    if "train_error" in st.session_state:
+        st.error(st.session_state["train_error"])
+
+
+def live_panel(run: common.RunDir) -> None:
+    """Progress, cancel and the all-tasks grid; refreshed by a fragment timer while the job runs."""
+    mgr = common.manager()
+    running = mgr.is_running(run.path)
+    if running:
+        st.session_state["watching"] = str(run.path)
+
+    @st.fragment(run_every=common.POLL if running else None)
+    def panel() -> None:
+        snap = mgr.snapshot(run.path)
+        status = mgr.status(run.path)
+        meta = common.meta_of(run)
+        epochs_done = run.datamap_epochs()
+        if snap is not None and snap.running:
+            p = snap.progress
+            epochs = p.epochs if p else meta["config"]["epochs"]
+            text = f"epoch {p.epoch + (p.kind == 'step')}/{epochs}" if p else "starting"
+            st.progress(snap.fraction, text=f"Training {run.path.name}: {text}")
+            c = st.columns(5)
+            c[0].metric("Epoch", f"{len(epochs_done)}/{epochs}")
+            c[1].metric("Loss", f"{p.loss:.4f}" if p and p.loss == p.loss else "…")
+            c[2].metric("Images/s", f"{p.images_per_s:,.0f}" if p else "…")
+            c[3].metric("ETA", f"{p.eta_s:,.0f} s" if p and p.eta_s == p.eta_s else "…")
+            c[4].button("Cancel", key="cancel_run", on_click=mgr.cancel, args=(run.path,))
+        else:
+            st.markdown(f"**{run.path.name}**: {common.STATUS_ICON.get(status, '')} {status}, "
+                        f"{meta.get('epochs_done', 0)}/{meta['config']['epochs']} epochs, "
+                        f"{len(meta['task_names'])} tasks, {meta.get('n_train', '?')} training samples")
+            error = (snap.error if snap else None) or meta.get("error")
+            if status == "failed" and error:
+                st.error(error)
+        if epochs_done:
+            st.plotly_chart(common.datamap_grid_figure(run, epochs_done[-1]), key="grid", config={"displaylogo": False})
+        elif snap is not None and snap.running:
+            st.info("The data-map grid appears when the first epoch finishes.")
+        if st.session_state.get("watching") == str(run.path) and not (snap is not None and snap.running):
+            del st.session_state["watching"]
+            st.rerun()  # once, so the page redraws without the timer
+
+    panel()
+
+
+def resume_controls(run: common.RunDir, meta: dict) -> None:
+    status = common.manager().status(run.path)
+    if status not in ("cancelled", "interrupted", "failed", "done"):
+        return
+    with st.expander("Resume or extend this run"):
+        epochs = st.number_input("Train up to epoch", min_value=1, value=max(int(meta["config"]["epochs"]),
+                                 int(meta.get("epochs_done", 0)) + (status == "done")), key="resume_epochs")
+        if st.button("Resume", key="resume"):
+            with common.errors():
+                common.manager().resume_datamap(run.path, epochs=int(epochs))
+                st.rerun()
+
+
+def detail_view(run: common.RunDir, meta: dict) -> None:
+    epochs = run.datamap_epochs()
+    if not epochs:
+        return
+    st.subheader("Detailed data maps")
+    names = list(meta["task_names"])
+    c1, c2 = st.columns([3, 2])
+    chosen = c1.multiselect("Tasks (up to 4)", names, default=names[: min(2, len(names))], max_selections=4,
+                            key="detail_tasks")
+    epoch = epochs[-1]
+    if len(epochs) > 1:
+        epoch = c2.select_slider("Epoch (replay training)", options=epochs, value=epochs[-1], key="detail_epoch")
+    dm = common.datamap(run, epoch)
+    cols = st.columns(max(1, min(2, len(chosen))))
+    for i, task in enumerate(chosen):
+        t = names.index(task)
+        fig = datamap_scatter(dm["confidence"][t], dm["variability"][t], dm["correctness"][t],
+                              task=f"{task}, epoch {epoch}", webgl=common.webgl())
+        cols[i % len(cols)].plotly_chart(fig, key=f"scatter_{task}")
+    if meta.get("history"):
+        st.plotly_chart(training_curves(meta["history"]), key="curves")
+
+
+st.title("🏋️ Train & data maps")
+run = common.sidebar()
+new_run_form()
+if run is not None:
+    st.divider()
+    with common.errors():
+        meta = common.meta_of(run)
+        live_panel(run)
+        resume_controls(run, meta)
+        detail_view(run, meta)

@@ -1,0 +1,397 @@
+"""k specialist models trained concurrently on one batch stream (STG-MTL step 4, DESIGN.md section 4).
+
+Every step gathers ONE batch; all k models (same architecture, each with its own (T,) task-weight
+column of a (T, k) matrix W) take it in one fused forward/backward:
+
+- ``cnn``: :class:`WideCNN`, the k paper CNNs fused into one network. The first conv sees the same
+  input for every model, so it is one dense conv with k*32 output channels (exactly k separate
+  convs); the next convs are grouped (``groups=k``); BatchNorm over k*channels keeps per-model
+  statistics because BN is per channel; the head is batched linear layers with (k, in, out)
+  weights (``baddbmm``) and independent dropout masks per model.
+- ``resnet18`` / ``resnet18-cifar``: :class:`VmapEnsemble`, ``torch.func.stack_module_state`` +
+  ``functional_call`` + ``vmap`` (vmap turns the batched-weight convs into grouped convs). The
+  stacked BatchNorm buffers are passed in as vmapped inputs, so train mode uses each model's own
+  batch statistics and updates each model's running mean/var in place, exactly as k standalone
+  models do; eval mode uses each model's running statistics.
+- ``mode="loop"``: a plain Python loop over k standalone models (the reference; also a fallback).
+
+Model c is initialised with ``torch.manual_seed(seeds[c]); build_model(...)``: identical to a
+standalone model built with that seed, so "concurrent == sequential" is testable. The k losses are
+summed: parameters are disjoint, so each model gets its own gradient, and Adam over the fused
+parameters is k independent Adams (Adam is elementwise and every model takes the same step count).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stg.engine import DeviceData, Progress, autocast, epoch_batches, epoch_generator, prepare_model
+from stg.errors import StgError
+from stg.models import PaperCNN, build_model
+from stg.rundir import atomic_save
+
+ENSEMBLE_MODES = ("auto", "wide", "vmap", "loop")
+EventFn = Callable[[Progress], None]
+
+
+# ------------------------------------------------------------------------------------------------
+# Ensembles: forward (B, C, H, W) -> (k, B, T); state_dicts() -> k standalone state dicts
+# ------------------------------------------------------------------------------------------------
+class Ensemble(nn.Module):
+    """k models of one architecture. ``forward(x: (B, C, H, W)) -> (k, B, T)`` logits."""
+
+    k: int
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """k state dicts, each loadable into the standalone model ``build_model`` makes."""
+        raise NotImplementedError
+
+
+class WideCNN(Ensemble):
+    """k :class:`stg.models.PaperCNN` fused into one wide network (see module docstring).
+
+    Parameter layout (c = model): conv/BN tensors are the k models' tensors concatenated on dim 0;
+    ``fc1_weight``: (k, F, 128), ``fc1_bias``: (k, 128), ``fc2_weight``: (k, 128, T), ``fc2_bias``: (k, T).
+    """
+
+    def __init__(self, k: int, *, in_channels: int, size: int, n_tasks: int):
+        super().__init__()
+        self.k = k
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, k * 32, 5), nn.BatchNorm2d(k * 32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(k * 32, k * 64, 3, padding=1, groups=k), nn.BatchNorm2d(k * 64), nn.ReLU(inplace=True),
+            nn.Conv2d(k * 64, k * 64, 3, padding=1, groups=k), nn.BatchNorm2d(k * 64), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        side = ((size - 4) // 2) // 2
+        self.flat = 64 * side * side
+        self.drop1 = nn.Dropout(0.2)
+        self.drop2 = nn.Dropout(0.2)
+        self.fc1_weight = nn.Parameter(torch.empty(k, self.flat, 128))
+        self.fc1_bias = nn.Parameter(torch.empty(k, 128))
+        self.fc2_weight = nn.Parameter(torch.empty(k, 128, n_tasks))
+        self.fc2_bias = nn.Parameter(torch.empty(k, n_tasks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)  # (B, k*64, s, s)
+        h = h.reshape(h.shape[0], self.k, self.flat).transpose(0, 1)  # (k, B, F), model-major
+        h = self.drop1(h)
+        h = torch.relu(torch.baddbmm(self.fc1_bias.unsqueeze(1), h, self.fc1_weight))
+        h = self.drop2(h)
+        return torch.baddbmm(self.fc2_bias.unsqueeze(1), h, self.fc2_weight)  # (k, B, T)
+
+    @torch.no_grad()
+    def load_state_dicts(self, states: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Fuse k PaperCNN state dicts into this network."""
+        if len(states) != self.k:
+            raise ValueError(f"expected {self.k} state dicts, got {len(states)}")
+        own = self.state_dict()
+        for key in own:
+            if key.startswith("features."):
+                if key.endswith("num_batches_tracked"):
+                    own[key].copy_(states[0][key])
+                else:
+                    own[key].copy_(torch.cat([s[key] for s in states]))
+        self.fc1_weight.copy_(torch.stack([s["head.2.weight"].t() for s in states]))
+        self.fc1_bias.copy_(torch.stack([s["head.2.bias"] for s in states]))
+        self.fc2_weight.copy_(torch.stack([s["head.5.weight"].t() for s in states]))
+        self.fc2_bias.copy_(torch.stack([s["head.5.bias"] for s in states]))
+
+    @torch.no_grad()
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(self.k)]
+        for key, value in self.state_dict().items():
+            if key.startswith("features."):
+                parts = [value] * self.k if key.endswith("num_batches_tracked") else value.chunk(self.k)
+                for c in range(self.k):
+                    out[c][key] = parts[c].detach().clone()
+        for c in range(self.k):
+            out[c]["head.2.weight"] = self.fc1_weight[c].t().detach().clone()
+            out[c]["head.2.bias"] = self.fc1_bias[c].detach().clone()
+            out[c]["head.5.weight"] = self.fc2_weight[c].t().detach().clone()
+            out[c]["head.5.bias"] = self.fc2_bias[c].detach().clone()
+        return out
+
+
+def _escape(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class VmapEnsemble(Ensemble):
+    """k models stacked with ``torch.func.stack_module_state`` and run with ``vmap``.
+
+    Stacked parameters and buffers are this module's own (names with '.' -> '__'), so ``.to()``,
+    ``state_dict()`` and optimizers work as usual. BatchNorm: see the module docstring.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        from torch.func import stack_module_state
+
+        self.k = len(models)
+        params, buffers = stack_module_state(list(models))
+        self._param_names = list(params)
+        self._buffer_names = list(buffers)
+        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self._param_names])
+        for n in self._buffer_names:
+            self.register_buffer(_escape(n), buffers[n].detach().clone())
+        # The skeleton holds no data (meta tensors); functional_call swaps in every tensor.
+        self._base = [copy.deepcopy(models[0]).to("meta")]
+
+    def _call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call
+
+        return functional_call(self._base[0], (params, buffers), (x,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._base[0].train(self.training)
+        params = dict(zip(self._param_names, self.stacked))
+        buffers = {n: getattr(self, _escape(n)) for n in self._buffer_names}
+        return torch.vmap(self._call, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+
+    @torch.no_grad()
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        out: list[dict[str, torch.Tensor]] = []
+        for c in range(self.k):
+            state = {n: p[c].detach().clone() for n, p in zip(self._param_names, self.stacked)}
+            state.update({n: getattr(self, _escape(n))[c].detach().clone() for n in self._buffer_names})
+            out.append(state)
+        return out
+
+
+class LoopEnsemble(Ensemble):
+    """k standalone models called one after another (the sequential reference)."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        self.k = len(models)
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.models])
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        return [{n: v.detach().clone() for n, v in m.state_dict().items()} for m in self.models]
+
+
+def set_dropout(ensemble: nn.Module, p: float) -> None:
+    """Set every dropout probability of ``ensemble`` (including a VmapEnsemble's skeleton) to ``p``.
+
+    With p = 0 the fused and the sequential training are equal up to float rounding (dropout masks
+    are independent draws per model in both, but not the same draws).
+    """
+    modules = list(ensemble.modules())
+    if isinstance(ensemble, VmapEnsemble):
+        modules += list(ensemble._base[0].modules())
+    for m in modules:
+        if isinstance(m, nn.Dropout):
+            m.p = p
+
+
+def standalone_models(model: str, *, seeds: Sequence[int], in_channels: int, size: int, n_tasks: int) -> list[nn.Module]:
+    """k fresh models; model c is ``torch.manual_seed(seeds[c]); build_model(...)``."""
+    out = []
+    for s in seeds:
+        torch.manual_seed(int(s))
+        out.append(build_model(model, in_channels=in_channels, size=size, n_tasks=n_tasks))
+    return out
+
+
+def build_ensemble(
+    model: str, *, seeds: Sequence[int], in_channels: int, size: int, n_tasks: int, mode: str = "auto"
+) -> Ensemble:
+    """k = len(seeds) models of architecture ``model`` as one module (on the CPU; move it yourself).
+
+    mode: ``auto`` (wide for cnn, vmap otherwise) | ``wide`` (cnn only) | ``vmap`` | ``loop``.
+    """
+    if mode not in ENSEMBLE_MODES:
+        raise StgError(f"unknown ensemble mode {mode!r}: choose one of {', '.join(ENSEMBLE_MODES)}")
+    if not seeds:
+        raise StgError("an ensemble needs at least one model")
+    models = standalone_models(model, seeds=seeds, in_channels=in_channels, size=size, n_tasks=n_tasks)
+    if mode == "auto":
+        mode = "wide" if model == "cnn" else "vmap"
+    if mode == "wide":
+        if not isinstance(models[0], PaperCNN):
+            raise StgError(f"ensemble mode 'wide' is for model 'cnn' only, not {model!r}")
+        wide = WideCNN(len(models), in_channels=in_channels, size=size, n_tasks=n_tasks)
+        wide.load_state_dicts([m.state_dict() for m in models])
+        return wide
+    if mode == "vmap":
+        return VmapEnsemble(models)
+    return LoopEnsemble(models)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss, prediction, training
+# ------------------------------------------------------------------------------------------------
+def ensemble_loss(
+    logits: torch.Tensor, targets: torch.Tensor, *, pos_weight: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Per-model weighted BCE: (k,) with entry c = ``weighted_bce(logits[c], targets, task_weights=weights[:, c])``.
+
+    logits: (k, B, T);  targets: (B, T);  pos_weight: (T,);  weights: (T, k).
+    """
+    k = logits.shape[0]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 autocast -> float32
+    per_task = F.binary_cross_entropy_with_logits(
+        logits, targets.expand(k, -1, -1), pos_weight=pos_weight, reduction="none"
+    ).mean(1)  # (k, T)
+    return (per_task * weights.t()).sum(1)
+
+
+@torch.no_grad()
+def predict_ensemble(ensemble: Ensemble, data: DeviceData, *, batch_size: int = 512) -> torch.Tensor:
+    """Eval-mode logits of all k models for a whole split: (k, N, T) float32 on the device."""
+    was_training = ensemble.training
+    ensemble.eval()
+    out = []
+    for index in torch.arange(len(data), device=data.device).split(batch_size):
+        x, _ = data.batch(index, augment=False, generator=None)
+        with autocast(data.device):
+            out.append(ensemble(x).float())
+    ensemble.train(was_training)
+    if not out:
+        return torch.zeros(ensemble.k, 0, data.labels.shape[1], device=data.device)
+    return torch.cat(out, dim=1)
+
+
+@dataclass
+class EnsembleRun:
+    """What :func:`train_ensemble` returns. status: done | cancelled."""
+
+    status: str
+    epochs_done: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train_ensemble(
+    ensemble: Ensemble,
+    weights: torch.Tensor,
+    train: DeviceData,
+    pos_weight: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    augment: bool = True,
+    checkpoint: Path | None = None,
+    identity: dict[str, Any] | None = None,
+    label: str = "ensemble",
+    on_event: EventFn | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+    step_offset: int = 0,
+    total_steps: int | None = None,
+) -> EnsembleRun:
+    """Train the k models of ``ensemble`` (already on ``train.device``) on one shared batch stream.
+
+    weights: (T, k), column c = model c's task weights. The batch stream (shuffle + augmentation +
+    dropout RNG) is the engine's: ``epoch_generator(seed, epoch)``, so it is the datamap run's
+    stream and every family sees the same batches. With ``checkpoint``, the ensemble, Adam state
+    and history are saved atomically after every epoch and an existing checkpoint (with the same
+    ``identity``) is resumed: the result equals an uninterrupted run. ``cancel`` stops within one
+    step (the last finished epoch stays on disk).
+    """
+    device = train.device
+    emit = on_event or (lambda p: None)
+    cancel = cancel or threading.Event()
+    weights = weights.to(device=device, dtype=pos_weight.dtype)
+    if weights.shape != (pos_weight.shape[0], ensemble.k):
+        raise ValueError(f"weights must be (T, k) = ({pos_weight.shape[0]}, {ensemble.k}), got {tuple(weights.shape)}")
+    optimizer = torch.optim.Adam(ensemble.parameters(), lr=lr)
+    ident = json.dumps(identity or {}, sort_keys=True)
+    start_epoch, history, seconds = 0, [], 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, device)
+        if state["identity"] != ident:
+            raise StgError(f"{checkpoint} holds another training ({label}): move it away to restart")
+        if int(state["epoch"]) > epochs:
+            raise StgError(f"{checkpoint} is already trained for {int(state['epoch'])} epochs, more than the "
+                           f"{epochs} asked for: ask for at least that many or move it away")
+        ensemble.load_state_dict(state["ensemble"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        history = json.loads(state["history"])
+        seconds = float(state["seconds"])
+
+    n = len(train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = total_steps if total_steps is not None else steps_per_epoch * epochs
+    ensemble.train()
+    for epoch in range(start_epoch + 1, epochs + 1):
+        g = epoch_generator(seed, epoch, device)
+        loss_sum = torch.zeros(ensemble.k, device=device)
+        t0 = last = time.monotonic()
+        step0 = step_offset + (epoch - 1) * steps_per_epoch
+        for i, index in enumerate(epoch_batches(n, batch_size, g, device)):
+            if cancel.is_set():
+                return EnsembleRun("cancelled", epoch - 1, history, seconds)
+            x, y = train.batch(index, augment=augment, generator=g)
+            with autocast(device):
+                logits = ensemble(x)
+            losses = ensemble_loss(logits, y, pos_weight=pos_weight, weights=weights)  # (k,)
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            loss_sum += losses.detach() * len(index)
+            now = time.monotonic()
+            if now - last > 0.5:
+                rate = (i + 1) * batch_size / (now - t0)
+                emit(Progress("step", epoch, epochs, step0 + i + 1, total, loss=float(losses.detach().mean()),
+                              images_per_s=rate, message=label))
+                last = now
+        took = time.monotonic() - t0
+        seconds += took
+        per_model = (loss_sum / n).tolist()
+        history.append({"epoch": epoch, "loss": per_model, "seconds": round(took, 3),
+                        "images_per_s": round(n / took, 1)})
+        if checkpoint is not None:
+            state = {"epoch": epoch, "identity": ident, "ensemble": ensemble.state_dict(),
+                     "optimizer": optimizer.state_dict(), "history": json.dumps(history), "seconds": seconds}
+            atomic_save(checkpoint, lambda f: torch.save(state, f))
+        if on_epoch is not None:
+            on_epoch(epoch)
+        emit(Progress("epoch", epoch, epochs, step0 + steps_per_epoch, total,
+                      loss=sum(per_model) / len(per_model), images_per_s=n / took,
+                      eta_s=took * (epochs - epoch), message=f"{label}: epoch {epoch}/{epochs}"))
+    return EnsembleRun("done", epochs, history, seconds)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A specialists checkpoint (``torch.load(weights_only=True)``); StgError when unreadable."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        for key in ("epoch", "identity", "ensemble", "optimizer", "history", "seconds"):
+            state[key]
+        return state
+    except Exception as e:  # a corrupt or foreign checkpoint must not be silently trained over
+        raise StgError(f"checkpoint {path} cannot be loaded ({type(e).__name__}): move it away to restart") from None
+
+
+def checkpoint_epoch(path: Path) -> tuple[int, str]:
+    """(epochs done, identity JSON) of a specialists checkpoint, read on the CPU."""
+    state = load_checkpoint(path, torch.device("cpu"))
+    return int(state["epoch"]), str(state["identity"])
+
+
+def to_device(ensemble: Ensemble, device: torch.device) -> Ensemble:
+    """Move an ensemble to ``device`` (channels_last on CUDA, as the engine does)."""
+    if isinstance(ensemble, VmapEnsemble):  # stacked 5-D conv weights have no channels_last layout
+        return ensemble.to(device)
+    out = prepare_model(ensemble, device)
+    assert isinstance(out, Ensemble)
+    return out
