@@ -9,16 +9,16 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-st.set_page_config(page_title="stg: which tasks to train together", page_icon="🧩", layout="wide")
+st.set_page_config(page_title="stg: which tasks to train together", page_icon=":material/hub:", layout="wide")
 
-PAGES = Path(__file__).resolve().parent / "pages"
+VIEWS = Path(__file__).resolve().parent / "views"  # not "pages/": that name would switch on the old multipage mode
 nav = st.navigation([
-    st.Page(PAGES / "0_overview.py", title="Overview", icon="🏠", url_path="overview", default=True),
-    st.Page(PAGES / "1_train.py", title="Train & data maps", icon="🏋️", url_path="train"),
-    st.Page(PAGES / "2_task_map.py", title="Task map", icon="🗺️", url_path="task-map"),
-    st.Page(PAGES / "3_grouping.py", title="Grouping", icon="🧩", url_path="grouping"),
-    st.Page(PAGES / "4_grouped_training.py", title="Grouped training", icon="🤝", url_path="grouped-training"),
-    st.Page(PAGES / "5_export.py", title="Export", icon="📦", url_path="export"),
-    st.Page(PAGES / "6_learn.py", title="Learn: task interference", icon="🎓", url_path="learn"),
+    st.Page(VIEWS / "0_overview.py", title="Overview", icon=":material/home:", url_path="overview", default=True),
+    st.Page(VIEWS / "1_train.py", title="Train & data maps", icon=":material/model_training:", url_path="train"),
+    st.Page(VIEWS / "2_task_map.py", title="Task map", icon=":material/scatter_plot:", url_path="task-map"),
+    st.Page(VIEWS / "3_grouping.py", title="Grouping", icon=":material/hub:", url_path="grouping"),
+    st.Page(VIEWS / "4_grouped_training.py", title="Grouped training", icon=":material/groups:", url_path="grouped-training"),
+    st.Page(VIEWS / "5_export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page(VIEWS / "6_learn.py", title="Learn: task interference", icon=":material/school:", url_path="learn"),
 ])
 nav.run()

@@ -20,7 +20,9 @@ from stg.errors import StgError  # noqa: F401 (pages use common.StgError)
 from stg.jobs import JobManager, get_manager
 from stg.rundir import RunDir, list_runs
 
-STATUS_ICON = {"running": "🔄", "done": "✅", "failed": "❌", "cancelled": "⏹️", "interrupted": "⏸️", "missing": "❔"}
+STATUS_ICON = {"running": ":material/autorenew:", "done": ":material/check_circle:", "failed": ":material/error:",
+               "cancelled": ":material/stop_circle:", "interrupted": ":material/pause_circle:",
+               "missing": ":material/help:"}
 POLL = "1.5s"  # live-update period of fragments while a job runs
 
 

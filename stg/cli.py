@@ -72,28 +72,33 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 class _Bar:
-    """A tqdm progress bar fed by engine events."""
+    """A tqdm progress bar fed by engine events; created at the first 'start' event."""
 
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=0, unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar: Any = None
 
     def __call__(self, p) -> None:
+        from tqdm import tqdm
+
         if p.kind == "start":
-            self.bar.reset(total=p.steps)
-            self.bar.update(p.step)
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=p.steps, initial=p.step, unit="step", dynamic_ncols=True, file=sys.stderr)
             self.bar.write(p.message)
-        elif p.kind in ("step", "epoch", "done"):
+            return
+        if self.bar is None:
+            return
+        if p.kind in ("step", "epoch"):
             self.bar.update(max(0, p.step - self.bar.n))
             self.bar.set_postfix_str(f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} {p.images_per_s:,.0f} img/s")
             if p.kind == "epoch":
                 extra = " ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
                 self.bar.write(f"epoch {p.epoch}/{p.epochs}: loss {p.loss:.4f} {extra} ({p.images_per_s:,.0f} img/s)")
-        elif p.kind in ("cancelled",):
-            self.bar.write(p.message)
-        if p.kind in ("done", "cancelled"):
+        elif p.kind in ("done", "cancelled", "failed"):
+            self.bar.update(max(0, p.step - self.bar.n))
+            if p.message:
+                self.bar.write(p.message)
             self.bar.close()
+            self.bar = None
 
 
 def cmd_datamap(args: argparse.Namespace) -> int:
@@ -110,9 +115,8 @@ def cmd_datamap(args: argparse.Namespace) -> int:
         config = TrainConfig(**{**meta["config"], **_given_train_args(args)})
     else:
         spec = _data_spec(args, args.dataset)
-        config = TrainConfig(model=args.model or "cnn", epochs=args.epochs or 5, batch_size=args.batch_size or 128,
-                             lr=args.lr or 1e-3, seed=args.seed, device=args.device, augment=not args.no_augment,
-                             ddof=args.ddof)
+        config = TrainConfig(**{**_given_train_args(args), "seed": args.seed, "augment": not args.no_augment,
+                                "ddof": args.ddof})
     taskset = _load_taskset(spec, download=args.download)
     cancel = threading.Event()
     bar = _Bar()
@@ -142,7 +146,7 @@ def cmd_datamap(args: argparse.Namespace) -> int:
 def _given_train_args(args: argparse.Namespace) -> dict[str, Any]:
     """Training options given on the command line when resuming an existing run by --out alone."""
     given = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
-    out = {k: v for k, v in given.items() if v is not None}
+    out = {k: v for k, v in given.items() if v is not None}  # unset options keep TrainConfig's defaults
     if args.device != "auto":
         out["device"] = args.device
     return out
@@ -157,6 +161,30 @@ def cmd_group(args: argparse.Namespace) -> int:
     grouping = make_grouping(run, k=args.k, m=args.fuzziness, method=args.method, seed=args.seed, name=args.name,
                              epochs=args.epochs, projection_dim=args.projection_dim)
     for line in summary_lines(grouping):
+        print(line)
+    return 0
+
+
+def cmd_train_groups(args: argparse.Namespace) -> int:
+    from stg.groups import summary_table, train_groups
+    from stg.rundir import RunDir
+
+    run = RunDir(args.run)
+    run.read()
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    cancel = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: (cancel.set(), signal.signal(signal.SIGINT, previous)))
+    try:
+        metrics = train_groups(run, args.grouping, epochs=args.epochs, baselines=baselines, hard=args.hard,
+                               executor=args.executor, device=args.device, on_event=_Bar(), cancel=cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if metrics.get("status") == "cancelled":
+        print(f"cancelled; run `stg train-groups {run.path} --grouping {args.grouping}` again to resume",
+              file=sys.stderr)
+        return 130
+    for line in summary_table(metrics):
         print(line)
     return 0
 
@@ -236,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", default="last", help="data-map snapshots used as features: last (default), all, or e.g. 2,5")
     p.add_argument("--projection-dim", type=_positive_int, default=None, help="random projection of the features to this many dims")
     p.set_defaults(func=cmd_group)
+
+    p = sub.add_parser("train-groups", help="train one specialist per cluster against baselines", description="Train one specialist per cluster of grouping G (loss weighted by membership) and baselines under the same budget; evaluate on the test split into RUN/groups/G/metrics.json. Re-running resumes.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--grouping", required=True, help="grouping name (see RUN/groupings/)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs per model (default: the data-map run's)")
+    p.add_argument("--baselines", default="mtl,random", help="comma list of mtl, random, stl (default mtl,random; '' for none)")
+    p.add_argument("--hard", action="store_true", help="use hard (argmax) memberships for the specialists")
+    p.add_argument("--executor", default="local", help="local (default) or ray")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.set_defaults(func=cmd_train_groups)
 
     p = sub.add_parser("export", help="export a grouping", description="Export a grouping as JSON, CSV or YAML.")
     p.add_argument("run", help="run directory")

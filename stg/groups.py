@@ -190,6 +190,8 @@ def train_groups(
     n_tasks = len(task_names)
     if executor not in EXECUTORS:
         raise StgError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if isinstance(baselines, str):  # "mtl,random" as the CLI spells it
+        baselines = [b.strip() for b in baselines.split(",") if b.strip()]
     baselines = list(dict.fromkeys(baselines))
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
@@ -264,7 +266,7 @@ def train_groups(
                                  status=status, write_status=write_status)
         else:
             results = _run_ray(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
-                               cancel=cancel, status=status, write_status=write_status)
+                               cancel=cancel, total_steps=total_steps, status=status, write_status=write_status)
     except BaseException as e:
         write_status(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
                      error=None if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
@@ -343,7 +345,7 @@ def _import_ray():
 
 
 def _run_ray(families: list[Family], taskset: TaskSet, config: TrainConfig, *, epochs: int, device: str,
-             out: Path, emit: EventFn, cancel: threading.Event, status: dict[str, Any],
+             out: Path, emit: EventFn, cancel: threading.Event, total_steps: int, status: dict[str, Any],
              write_status: Callable[..., None]) -> dict[str, dict[str, Any]] | None:
     """Each family as one Ray task (started with a local Ray instance unless one is running).
 
@@ -373,7 +375,8 @@ def _run_ray(families: list[Family], taskset: TaskSet, config: TrainConfig, *, e
                 results[name] = ray.get(ref)
                 status["families"][name]["epochs_done"] = results[name]["epochs_done"]
                 write_status()
-                emit(Progress("epoch", epochs, epochs, 0, 0, message=f"{name}: done on Ray"))
+                emit(Progress("epoch", epochs, epochs, total_steps * len(results) // len(families), total_steps,
+                              message=f"{name}: done on Ray"))
         return {f.name: results[f.name] for f in families}
     finally:
         if started:

@@ -55,7 +55,7 @@ def runs(prepared_run: Path, tmp_path: Path, monkeypatch) -> Path:
 
 
 def page(name: str) -> AppTest:
-    return AppTest.from_file(str(APP / "pages" / name), default_timeout=60)
+    return AppTest.from_file(str(APP / "views" / name), default_timeout=60)
 
 
 def texts(at: AppTest) -> str:
@@ -196,3 +196,23 @@ def test_learn_page_explains_special_tasks(runs: Path) -> None:
     assert not at.exception, at.exception
     body = texts(at)
     assert "random" in body and "not_footwear" in body
+
+
+def test_grouped_training_runs_in_background_and_shows_results(runs: Path) -> None:
+    pytest.importorskip("stg.groups")
+    from stg.grouping import make_grouping
+
+    make_grouping(RunDir(runs / "demo"), k=3, name="g3")
+    at = page("4_grouped_training.py").run()
+    at.number_input(key="gt_epochs").set_value(1)
+    at.multiselect(key="gt_base").set_value(["mtl"])
+    at.selectbox(key="gt_device").set_value("cpu")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    final = get_manager().wait(runs / "demo", timeout=240)
+    assert final is not None and final.kind == "groups" and final.status == "done", final
+    at.run()
+    assert not at.exception, at.exception
+    assert (runs / "demo" / "groups" / "g3" / "metrics.json").is_file()
+    assert any("gain" in c.proto.spec for c in charts(at))

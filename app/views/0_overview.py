@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
 run = common.sidebar()
-st.title("🧩 stg: which tasks should be trained together?")
+st.title("stg: which tasks should be trained together?")
 st.markdown(
     "**STG-MTL** in four steps: **1.** train one multi-task model on all tasks and record each task's "
     "*data map* (per training sample: mean confidence in the true label across epochs, its variability, "

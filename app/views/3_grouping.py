@@ -90,7 +90,7 @@ def k_scan(run: common.RunDir, n_tasks: int, m: float, method: str, seed: int) -
                 st.caption(f"Highest silhouette at k = {best}.")
 
 
-st.title("🧩 Grouping")
+st.title("Grouping")
 run = common.sidebar()
 meta = common.require_run(run)
 if meta is not None:

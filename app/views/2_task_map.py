@@ -35,7 +35,7 @@ def group_labels(run: common.RunDir, meta: dict, choice: str) -> tuple[list, str
     return ["all"] * len(names), "tasks"
 
 
-st.title("🗺️ Task map")
+st.title("Task map")
 run = common.sidebar()
 meta = common.require_run(run)
 if meta is not None:

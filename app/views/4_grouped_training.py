@@ -78,7 +78,7 @@ def results(run: common.RunDir, grouping: str) -> None:
     st.dataframe(results_rows(metrics, metric=metric), hide_index=True, width="stretch")
 
 
-st.title("🤝 Grouped training")
+st.title("Grouped training")
 run = common.sidebar()
 meta = common.require_run(run)
 if meta is not None:

