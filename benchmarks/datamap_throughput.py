@@ -3,11 +3,13 @@
 Measured in one run, on the same data, model, batch size and device:
 - engine:     ``stg.engine.train_datamap`` (recorder on, device-resident data, on-device augmentation,
               one vectorised loss); images/s of its last epoch's training pass
-- naive:      the official STG-MTL trainer's structure: a Dataset whose ``__getitem__`` builds the
-              label vector with a Python loop over tasks and applies per-sample PIL transforms
-              (RandomCrop + RandomHorizontalFlip + ToTensor + Normalize), a DataLoader, a Python
-              loop of T ``BCEWithLogitsLoss`` calls, and the (T, B) transposed recorder update
-- model-only: forward + backward + Adam on one fixed batch already on the device (the ceiling)
+- naive:      the official STG-MTL trainer's structure (fp32, NCHW, as it runs): a Dataset whose
+              ``__getitem__`` builds the label vector with a Python loop over tasks and applies
+              per-sample PIL transforms (RandomCrop + RandomHorizontalFlip + ToTensor + Normalize),
+              a DataLoader, a Python loop of T ``BCEWithLogitsLoss`` calls, per-batch metric counts
+              and ``loss.item()``, and the (T, B) transposed recorder update
+- model-only: forward + backward + Adam on one fixed batch already on the device, in the engine's
+              precision and layout (the ceiling)
 
 Prints a table; the last line is ``speedup_vs_naive=<x> fraction_of_model_only=<y>``.
 
@@ -66,7 +68,7 @@ class OfficialStyleDataset(Dataset):
 
 def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, workers: int) -> float:
     c, size, _ = ts.image_shape
-    model = prepare_model(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks), device)
+    model = build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks).to(device)  # fp32, NCHW
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     hwc = ts.train.images.permute(0, 2, 3, 1).numpy()
     data = OfficialStyleDataset(hwc, ts.train.classes.numpy(), ts.n_tasks)
@@ -77,17 +79,24 @@ def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.d
     count = torch.zeros(t_, n_, device=device)
     mean = torch.zeros(t_, n_, device=device)
     m2 = torch.zeros(t_, n_, device=device)
-    seen, t0 = 0, None
+    tp, fp, fn, tn = (torch.zeros(t_, device=device) for _ in range(4))
+    train_loss, seen, t0 = 0.0, 0, None
     for step, (idx, x, y) in enumerate(loader):
         if step == 2:  # warm-up excluded
             t0, seen = time.perf_counter(), 0
         x, y, idx = x.to(device), y.to(device), idx.to(device)
-        with autocast(device):
-            z = model(x)
+        z = model(x)
         loss = per_task_loop_bce(z.float(), y, pos_weight=pos_weight, task_weights=ones)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        with torch.no_grad():  # the official per-batch metric counts (C10Metrics.update_metrics_iteration)
+            pred = torch.sigmoid(z.float()) > 0.5
+            tp += (pred & (y > 0.5)).sum(0)
+            fp += (pred & (y < 0.5)).sum(0)
+            fn += (~pred & (y > 0.5)).sum(0)
+            tn += (~pred & (y < 0.5)).sum(0)
+        train_loss += loss.item()  # the official loop syncs on the loss every batch
         with torch.no_grad():  # the official recorder: (T, B) transposed, column scatter
             p = torch.sigmoid(z.float()).t()
             c_ = 1 - (y.t() - p).abs()
@@ -105,9 +114,7 @@ def model_only_images_per_s(ts: TaskSet, model_name: str, batch: int, device: to
     c, size, _ = ts.image_shape
     model = prepare_model(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks), device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, c, size, size, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, c, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = ts.train.labels[:batch].to(device)
     pw = ts.pos_weight.to(device)
     ones = torch.ones_like(pw)

@@ -145,7 +145,8 @@ def cmd_datamap(args: argparse.Namespace) -> int:
 
 def _given_train_args(args: argparse.Namespace) -> dict[str, Any]:
     """Training options given on the command line when resuming an existing run by --out alone."""
-    given = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    given = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+             "precision": args.precision}
     out = {k: v for k, v in given.items() if v is not None}  # unset options keep TrainConfig's defaults
     if args.device != "auto":
         out["device"] = args.device
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--seed", type=_positive_int, default=0, help="seed for split, init, shuffling (default 0)")
     p.add_argument("--ddof", type=_positive_int, default=0, help="variability ddof: 0 = Cartography (default), 1 = official STG-MTL")
+    p.add_argument("--precision", default=None, choices=("auto", "bf16", "fp32"),
+                   help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
     p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=cmd_datamap)

@@ -11,6 +11,17 @@ from stg.errors import StgError
 MODEL_NAMES = ("cnn", "resnet18", "resnet18-cifar")
 
 
+class Dropout(nn.Dropout):
+    """Inverted dropout with a uniform-threshold mask: the same distribution as ``nn.Dropout``,
+    about twice as fast on CPU (``bernoulli_`` dominates small-CNN steps there)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 class PaperCNN(nn.Module):
     """STG-MTL's ``CUSTOM_1`` network, sized from the input.
 
@@ -28,8 +39,8 @@ class PaperCNN(nn.Module):
         )
         side = ((size - 4) // 2) // 2
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.2), nn.Linear(64 * side * side, 128), nn.ReLU(inplace=True),
-            nn.Dropout(0.2), nn.Linear(128, n_tasks),
+            nn.Flatten(), Dropout(0.2), nn.Linear(64 * side * side, 128), nn.ReLU(inplace=True),
+            Dropout(0.2), nn.Linear(128, n_tasks),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from torch import nn
 
 from stg.engine import DeviceData, Progress, autocast, epoch_batches, epoch_generator, prepare_model
 from stg.errors import StgError
-from stg.models import PaperCNN, build_model
+from stg.models import Dropout, PaperCNN, build_model
 from stg.rundir import atomic_save
 
 ENSEMBLE_MODES = ("auto", "wide", "vmap", "loop")
@@ -76,8 +76,8 @@ class WideCNN(Ensemble):
         )
         side = ((size - 4) // 2) // 2
         self.flat = 64 * side * side
-        self.drop1 = nn.Dropout(0.2)
-        self.drop2 = nn.Dropout(0.2)
+        self.drop1 = Dropout(0.2)
+        self.drop2 = Dropout(0.2)
         self.fc1_weight = nn.Parameter(torch.empty(k, self.flat, 128))
         self.fc1_bias = nn.Parameter(torch.empty(k, 128))
         self.fc2_weight = nn.Parameter(torch.empty(k, 128, n_tasks))
