@@ -192,19 +192,19 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: DeviceData, *, batch_size: int = 1024) -> torch.Tensor:
-    """Eval-mode logits for a whole split: (N, T) float32 on the device."""
+def predict_logits(model: nn.Module, data: DeviceData, *, batch_size: int = 1024, batch_dim: int = 0) -> torch.Tensor:
+    """Eval-mode logits for a whole split, float32 on the device: (N, T) for a model; for an
+    ensemble whose output is (k, B, T) pass ``batch_dim=1`` to get (k, N, T)."""
     was_training = model.training
     model.eval()
+    rows = torch.arange(len(data), device=data.device)
     out = []
-    for index in torch.arange(len(data), device=data.device).split(batch_size):
+    for index in rows.split(batch_size) if len(data) else [rows]:  # an empty split still gives its shape
         x, _ = data.batch(index, augment=False, generator=None)
         with autocast(data.device):
             out.append(model(x).float())
     model.train(was_training)
-    if not out:
-        return torch.zeros(0, data.labels.shape[1], device=data.device)
-    return torch.cat(out)
+    return torch.cat(out, dim=batch_dim)
 
 
 def quick_metrics(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> dict[str, float]:

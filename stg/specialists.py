@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stg.engine import DeviceData, Progress, autocast, epoch_batches, epoch_generator, prepare_model
+from stg.engine import DeviceData, Progress, autocast, epoch_batches, epoch_generator, predict_logits, prepare_model
 from stg.errors import StgError
 from stg.models import Dropout, PaperCNN, build_model
 from stg.rundir import atomic_save
@@ -251,20 +251,9 @@ def ensemble_loss(
     return (per_task * weights.t()).sum(1)
 
 
-@torch.no_grad()
 def predict_ensemble(ensemble: Ensemble, data: DeviceData, *, batch_size: int = 512) -> torch.Tensor:
     """Eval-mode logits of all k models for a whole split: (k, N, T) float32 on the device."""
-    was_training = ensemble.training
-    ensemble.eval()
-    out = []
-    for index in torch.arange(len(data), device=data.device).split(batch_size):
-        x, _ = data.batch(index, augment=False, generator=None)
-        with autocast(data.device):
-            out.append(ensemble(x).float())
-    ensemble.train(was_training)
-    if not out:
-        return torch.zeros(ensemble.k, 0, data.labels.shape[1], device=data.device)
-    return torch.cat(out, dim=1)
+    return predict_logits(ensemble, data, batch_size=batch_size, batch_dim=1)
 
 
 @dataclass
