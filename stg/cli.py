@@ -228,7 +228,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from stg.datasets import DATASET_NAMES
+    from stg.catalog import DATASET_NAMES
 
     parser = argparse.ArgumentParser(prog="stg", description="Find which classification tasks to train together.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -12,10 +12,9 @@ import functools
 import os
 from pathlib import Path
 
+from stg.catalog import DATASET_NAMES
 from stg.errors import StgError
 from stg.taskset import ClassData, TaskSet
-
-DATASET_NAMES = ("fashion-sample", "fashion-mnist", "cifar10", "cifar100", "synthetic-hierarchy")
 
 
 def default_data_root() -> Path:

@@ -149,6 +149,16 @@ def test_group_and_export_composite(fashion_run: Path, tmp_path: Path) -> None:
     assert not (RunDir(fashion_run).path / "groupings" / "fuzzy-kmeans-k99-m1.07.json").exists()
 
 
+def test_group_and_export_do_not_load_torch(fashion_run: Path) -> None:
+    """Re-grouping stays instant from the shell: the grouping path never imports PyTorch."""
+    code = ("import sys; from stg.cli import main; "
+            f"main(['group', {str(fashion_run)!r}, '--k', '2', '--name', 'light']); "
+            f"main(['export', {str(fashion_run)!r}, '--grouping', 'light', '--format', 'csv']); "
+            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_ctrl_c_cancels_and_resume_finishes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [*STG, "datamap", "--dataset", "fashion-sample", "--limit", "1200", "--epochs", "30", "--batch-size", "32",
