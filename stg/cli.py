@@ -92,7 +92,8 @@ class _Bar:
             self.bar.set_postfix_str(f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} {p.images_per_s:,.0f} img/s")
             if p.kind == "epoch":
                 extra = " ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
-                self.bar.write(f"epoch {p.epoch}/{p.epochs}: loss {p.loss:.4f} {extra} ({p.images_per_s:,.0f} img/s)")
+                what = p.message or f"epoch {p.epoch}/{p.epochs}"
+                self.bar.write(f"{what}: loss {p.loss:.4f} {extra} ({p.images_per_s:,.0f} img/s)")
         elif p.kind in ("done", "cancelled", "failed"):
             self.bar.update(max(0, p.step - self.bar.n))
             if p.message:

@@ -149,6 +149,25 @@ def test_group_and_export_composite(fashion_run: Path, tmp_path: Path) -> None:
     assert not (RunDir(fashion_run).path / "groupings" / "fuzzy-kmeans-k99-m1.07.json").exists()
 
 
+def test_train_groups_writes_metrics(fashion_run: Path) -> None:
+    stg("group", str(fashion_run), "--k", "3", "--name", "tg")
+    out = stg("train-groups", str(fashion_run), "--grouping", "tg", "--epochs", "1", "--baselines",
+              "mtl,random,stl", "--device", "cpu").stdout
+    assert "grouped" in out and "mtl" in out
+    metrics = json.loads((RunDir(fashion_run).groups_dir("tg") / "metrics.json").read_text())
+    names = RunDir(fashion_run).read()["task_names"]
+    for model in ("grouped", "grouped_argmax", "mtl", "random", "stl"):
+        per_task = metrics["models"][model]["per_task"]
+        assert sorted(per_task) == sorted(names)
+        assert set(per_task[names[0]]) >= {"accuracy", "balanced_accuracy", "f1", "auroc"}
+        assert 0.0 <= metrics["models"][model]["mean"]["balanced_accuracy"] <= 1.0
+    assert_one_line_error(stg("train-groups", str(fashion_run), "--grouping", "nope", check=False), "unknown grouping")
+    assert_one_line_error(stg("train-groups", str(fashion_run), "--grouping", "tg", "--epochs", "0", check=False),
+                          "epochs")
+    assert_one_line_error(stg("train-groups", str(fashion_run), "--grouping", "tg", "--baselines", "oracle",
+                              check=False), "oracle")
+
+
 def test_group_and_export_do_not_load_torch(fashion_run: Path) -> None:
     """Re-grouping stays instant from the shell: the grouping path never imports PyTorch."""
     code = ("import sys; from stg.cli import main; "
