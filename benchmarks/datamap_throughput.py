@@ -11,7 +11,8 @@ Measured in one run, on the same data, model, batch size and device:
 - model-only: forward + backward + Adam on one fixed batch already on the device, in the engine's
               precision and layout (the ceiling)
 
-Prints a table; the last line is ``speedup_vs_naive=<x> fraction_of_model_only=<y>``.
+Each loop is timed over ``--repeats`` passes and the medians are compared (ratios hold on a noisy
+machine; absolute numbers do not). Prints a table; the last line is ``speedup_vs_naive=<x> fraction_of_model_only=<y>``.
 
     python benchmarks/datamap_throughput.py --quick            # CPU, a few minutes at most
     python benchmarks/datamap_throughput.py --device cuda --model resnet18 --n 20000
@@ -20,6 +21,8 @@ Prints a table; the last line is ``speedup_vs_naive=<x> fraction_of_model_only=<
 from __future__ import annotations
 
 import argparse
+import itertools
+import statistics
 import tempfile
 import time
 
@@ -66,7 +69,9 @@ class OfficialStyleDataset(Dataset):
         return idx, image, labels
 
 
-def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, workers: int) -> float:
+def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, workers: int,
+                       repeats: int) -> list[float]:
+    """Images/s of each of ``repeats`` passes over the data (after two warm-up steps)."""
     c, size, _ = ts.image_shape
     model = build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks).to(device)  # fp32, NCHW
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -80,9 +85,14 @@ def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.d
     mean = torch.zeros(t_, n_, device=device)
     m2 = torch.zeros(t_, n_, device=device)
     tp, fp, fn, tn = (torch.zeros(t_, device=device) for _ in range(4))
-    train_loss, seen, t0 = 0.0, 0, None
-    for step, (idx, x, y) in enumerate(loader):
-        if step == 2:  # warm-up excluded
+    train_loss, rates = 0.0, []
+    for step, (idx, x, y) in enumerate(itertools.islice(itertools.cycle(loader), 2, None)):
+        if step % len(loader) == 0:
+            if step:
+                _sync(device)
+                rates.append(seen / (time.perf_counter() - t0))
+            if len(rates) == repeats:
+                return rates
             t0, seen = time.perf_counter(), 0
         x, y, idx = x.to(device), y.to(device), idx.to(device)
         z = model(x)
@@ -105,12 +115,12 @@ def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.d
             mean[:, idx] += d / count[:, idx]
             m2[:, idx] += d * (c_ - mean[:, idx])
         seen += len(idx)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return seen / (time.perf_counter() - t0)
+    raise AssertionError("unreachable")
 
 
-def model_only_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, steps: int) -> float:
+def model_only_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, steps: int,
+                            repeats: int) -> list[float]:
+    """Images/s of ``repeats`` chunks of ``steps`` steps on one fixed batch (after three warm-up steps)."""
     c, size, _ = ts.image_shape
     model = prepare_model(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks), device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -118,10 +128,14 @@ def model_only_images_per_s(ts: TaskSet, model_name: str, batch: int, device: to
     y = ts.train.labels[:batch].to(device)
     pw = ts.pos_weight.to(device)
     ones = torch.ones_like(pw)
-    for i in range(steps + 3):
-        if i == 3:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+    rates = []
+    for i in range(3 + steps * repeats + 1):
+        if i >= 3 and (i - 3) % steps == 0:
+            _sync(device)
+            if i > 3:
+                rates.append(steps * batch / (time.perf_counter() - t0))
+            if len(rates) == repeats:
+                return rates
             t0 = time.perf_counter()
         with autocast(device):
             z = model(x)
@@ -129,16 +143,20 @@ def model_only_images_per_s(ts: TaskSet, model_name: str, batch: int, device: to
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    raise AssertionError("unreachable")
+
+
+def engine_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, repeats: int) -> list[float]:
+    """Images/s of the training pass of epochs 2 .. repeats + 1 (epoch 1 is warm-up)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = train_datamap(ts, TrainConfig(model=model_name, epochs=repeats + 1, batch_size=batch,
+                                             device=str(device)), f"{tmp}/run")
+    return [float(h["images_per_s"]) for h in meta["history"][1:]]
+
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t0)
-
-
-def engine_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, epochs: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        meta = train_datamap(ts, TrainConfig(model=model_name, epochs=epochs, batch_size=batch, device=str(device)),
-                             f"{tmp}/run")
-    return float(meta["history"][-1]["images_per_s"])
 
 
 def main() -> None:
@@ -150,23 +168,25 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="training images (default 3072 quick, 20000 otherwise)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the naive loop (official default 0)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per loop; the table shows medians")
     args = ap.parse_args()
     device = resolve_device(args.device)
     n = args.n or (3072 if args.quick else 20000)
     ts = random_taskset(n, args.tasks, 32)
-    epochs = 2
+    repeats = args.repeats
     rows = [
-        ("engine (recorder on)", engine_images_per_s(ts, args.model, args.batch_size, device, epochs)),
+        ("engine (recorder on)", engine_images_per_s(ts, args.model, args.batch_size, device, repeats)),
         (f"naive official-style loop ({args.workers} workers)",
-         naive_images_per_s(ts, args.model, args.batch_size, device, args.workers)),
-        ("model-only step", model_only_images_per_s(ts, args.model, args.batch_size, device, 10 if args.quick else 50)),
+         naive_images_per_s(ts, args.model, args.batch_size, device, args.workers, repeats)),
+        ("model-only step", model_only_images_per_s(ts, args.model, args.batch_size, device,
+                                                    max(4, n // args.batch_size // 2), repeats)),
     ]
     print(f"device={device} model={args.model} tasks={args.tasks} images={n} batch={args.batch_size} "
-          f"threads={torch.get_num_threads()}")
-    print(f"{'loop':<40} {'img/s':>10}")
-    for name, rate in rows:
-        print(f"{name:<40} {rate:>10,.0f}")
-    engine, naive, model_only = (r for _, r in rows)
+          f"threads={torch.get_num_threads()} repeats={repeats} (median, min-max)")
+    print(f"{'loop':<40} {'img/s':>10} {'range':>17}")
+    for name, rates in rows:
+        print(f"{name:<40} {statistics.median(rates):>10,.0f} {min(rates):>8,.0f}-{max(rates):<8,.0f}")
+    engine, naive, model_only = (statistics.median(r) for _, r in rows)
     print(f"speedup_vs_naive={engine / naive:.2f} fraction_of_model_only={engine / model_only:.2f}")
 
 

@@ -124,13 +124,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 class DeviceData:
-    """A split resident on the device: uint8 images (N, C, H, W), float labels (N, T)."""
+    """A split resident on the device: uint8 images stored (N, H, W, C), float labels (N, T)."""
 
     def __init__(self, split: Split, device: torch.device, mean: torch.Tensor, std: torch.Tensor):
-        self.images = split.images.to(device)
+        self.images = split.images.permute(0, 2, 3, 1).contiguous().to(device)  # channels-last storage
         self.labels = split.labels.to(device=device, dtype=torch.float32)
-        self.mean = mean.to(device).view(1, -1, 1, 1)
-        self.std = std.to(device).view(1, -1, 1, 1)
+        self.shift = (-mean / std).to(device)  # (C,): x_norm = x * scale + shift
+        self.scale = (1.0 / std).to(device)
         self.device = device
 
     def __len__(self) -> int:
@@ -139,13 +139,13 @@ class DeviceData:
     def batch(
         self, index: torch.Tensor, *, augment: bool, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) rows -> normalised float images (B, C, H, W) and labels (B, T)."""
-        x = self.images[index]
+        """(B,) rows -> normalised float images (B, C, H, W) in channels_last memory, labels (B, T)."""
+        x = self.images[index]  # (B, H, W, C) uint8
         if augment:
             assert generator is not None
-            x = crop_flip(x, pad=max(1, x.shape[-1] // 8), generator=generator)
-        x = ((x.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return x, self.labels[index]
+            x = crop_flip(x, pad=max(1, x.shape[2] // 8), generator=generator)
+        x = torch.addcmul(self.shift, x.float(), self.scale)  # (B, H, W, C) float32
+        return x.permute(0, 3, 1, 2), self.labels[index]
 
 
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -232,3 +232,23 @@ def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(StgError, match="cannot be loaded"):
         train_datamap(ts, TrainConfig(epochs=2, batch_size=16), tmp_path / "r")
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"garbage"
+
+
+@pytest.mark.parametrize("pad", [1, 4])
+def test_crop_flip_matches_a_per_image_reference(pad: int) -> None:
+    from stg.augment import crop_flip
+
+    b, h, w, c = 32, 9, 7, 3
+    images = torch.randint(0, 256, (b, h, w, c), dtype=torch.uint8, generator=torch.Generator().manual_seed(pad))
+    out = crop_flip(images, pad=pad, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)  # the same draws, in the same order
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    mirror = torch.rand((b,), generator=g) < 0.5
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (pad, pad, pad, pad))
+    for i in range(b):
+        crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        if mirror[i]:
+            crop = crop.flip(-1)
+        assert torch.equal(out[i], crop.permute(1, 2, 0))
+    assert 0 < int(mirror.sum()) < b, "both branches exercised"
