@@ -76,9 +76,10 @@ def time_one(model_name: str, seed: int, data: DeviceData, index: list[torch.Ten
 
 
 def time_concurrent(model_name: str, k: int, data: DeviceData, index: list[torch.Tensor], weights: torch.Tensor,
-                    pos_weight: torch.Tensor, warmup: int) -> float:
+                    pos_weight: torch.Tensor, warmup: int, mode: str) -> tuple[float, str]:
+    """Seconds for the k-model ensemble (``mode``, as stg.specialists.build_ensemble), and its class name."""
     ens = to_device(build_ensemble(model_name, seeds=list(range(k)), in_channels=3, size=32,
-                                   n_tasks=len(pos_weight)), data.device)
+                                   n_tasks=len(pos_weight), mode=mode, device=data.device), data.device)
     opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
     g = torch.Generator(device=data.device).manual_seed(2)
     t0 = 0.0
@@ -94,7 +95,7 @@ def time_concurrent(model_name: str, k: int, data: DeviceData, index: list[torch
         loss.backward()
         opt.step()
     _sync(data.device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, type(ens).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--mode", default="auto", help="ensemble mode: auto (stg's choice for the device), wide, vmap, loop")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     batch = args.batch_size or (64 if args.quick else 256)
@@ -121,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     # "one" is the median of the k standalone runs (robust to the first run's warm-up)
     per_model = [time_one(args.model, c, data, index, w[:, c], pos_weight, warmup) for c in range(args.k)]
     seq, one = sum(per_model), statistics.median(per_model)
-    conc = time_concurrent(args.model, args.k, data, index, w, pos_weight, warmup)
+    conc, kind = time_concurrent(args.model, args.k, data, index, w, pos_weight, warmup, args.mode)
 
     print(f"device={device} model={args.model} k={args.k} tasks={args.tasks} batch={batch} steps={steps} "
-          f"threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()} concurrent={kind}")
     print(f"{'mode':<12}{'models':>8}{'seconds':>10}{'model-img/s':>14}{'vs one':>9}")
     for name, models, secs in (("one", 1, one), ("sequential", args.k, seq), ("concurrent", args.k, conc)):
         rate = models * steps * batch / secs

@@ -144,7 +144,8 @@ def _train_family(
     train = DeviceData(taskset.train, dev, mean, std)
     test = DeviceData(taskset.test, dev, mean, std)
     pos_weight = taskset.pos_weight.to(device=dev, dtype=torch.float32)
-    ensemble = build_ensemble(config.model, seeds=family.seeds, in_channels=c, size=h, n_tasks=taskset.n_tasks)
+    ensemble = build_ensemble(config.model, seeds=family.seeds, in_channels=c, size=h, n_tasks=taskset.n_tasks,
+                              device=dev)
     ensemble = to_device(ensemble, dev)
     result = train_ensemble(
         ensemble, torch.as_tensor(family.weights, dtype=torch.float32), train, pos_weight,

@@ -20,6 +20,7 @@ from stg.loss import weighted_bce
 from stg.models import PaperCNN
 from stg.rundir import RunDir, atomic_write_json
 from stg.specialists import (
+    LoopEnsemble,
     VmapEnsemble,
     WideCNN,
     build_ensemble,
@@ -102,8 +103,15 @@ def test_vmap_resnet_equals_separate_resnets() -> None:
     torch.testing.assert_close(fused(x), loop(x), atol=1e-4, rtol=0)
 
 
+def test_auto_mode_fuses_on_cuda_and_loops_on_cpu() -> None:
+    kw = dict(seeds=[0, 1], in_channels=1, size=12, n_tasks=3)
+    assert isinstance(build_ensemble("cnn", device=torch.device("cuda"), **kw), WideCNN)
+    assert isinstance(build_ensemble("resnet18-cifar", device=torch.device("cuda"), **kw), VmapEnsemble)
+    assert isinstance(build_ensemble("cnn", device=torch.device("cpu"), **kw), LoopEnsemble)
+
+
 def test_wide_cnn_state_dicts_load_into_paper_cnn() -> None:
-    wide = build_ensemble("cnn", seeds=[0, 1], in_channels=3, size=12, n_tasks=5).eval()
+    wide = build_ensemble("cnn", seeds=[0, 1], in_channels=3, size=12, n_tasks=5, mode="wide").eval()
     x = torch.randn(4, 3, 12, 12)
     out = wide(x)
     for c, state in enumerate(wide.state_dicts()):
@@ -126,7 +134,7 @@ def test_concurrent_training_equals_sequential() -> None:
     pw = ts.pos_weight.double()
     w = torch.rand(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     opts = dict(epochs=2, batch_size=16, lr=1e-3, seed=7, augment=True)
-    fused = build_ensemble("cnn", seeds=[10, 11, 12], in_channels=1, size=12, n_tasks=4).double()
+    fused = build_ensemble("cnn", seeds=[10, 11, 12], in_channels=1, size=12, n_tasks=4, mode="wide").double()
     set_dropout(fused, 0.0)
     train_ensemble(fused, w, data, pw, **opts)
     seq = []
@@ -146,7 +154,7 @@ def test_one_hot_specialist_equals_model_of_its_cluster() -> None:
     data = _data(ts)
     pw = ts.pos_weight.double()
     cluster = [1, 3]
-    full = build_ensemble("cnn", seeds=[5], in_channels=1, size=12, n_tasks=4).double()
+    full = build_ensemble("cnn", seeds=[5], in_channels=1, size=12, n_tasks=4, mode="wide").double()
     init = full.state_dicts()[0]
     sub = WideCNN(1, in_channels=1, size=12, n_tasks=len(cluster)).double()
     sub_state = dict(init, **{"head.5.weight": init["head.5.weight"][cluster], "head.5.bias": init["head.5.bias"][cluster]})
