@@ -116,7 +116,7 @@ class Family:
 
     def identity(self, config: TrainConfig, task_names: Sequence[str]) -> dict[str, Any]:
         return {"family": self.name, "model": config.model, "batch_size": config.batch_size, "lr": config.lr,
-                "seed": config.seed, "augment": config.augment, "seeds": list(self.seeds),
+                "seed": config.seed, "augment": config.augment, "precision": config.precision, "seeds": list(self.seeds),
                 "weights": self.weights.tolist(), "task_names": list(task_names)}
 
 
@@ -150,7 +150,8 @@ def _train_family(
     result = train_ensemble(
         ensemble, torch.as_tensor(family.weights, dtype=torch.float32), train, pos_weight,
         epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed, augment=config.augment,
-        checkpoint=family.checkpoint(out), identity=family.identity(config, taskset.task_names),
+        precision=config.precision, checkpoint=family.checkpoint(out),
+        identity=family.identity(config, taskset.task_names),
         label=family.name, on_event=emit, on_epoch=on_epoch, cancel=cancel,
         step_offset=step_offset, total_steps=total_steps,
     )

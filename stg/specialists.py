@@ -282,6 +282,7 @@ def train_ensemble(
     lr: float,
     seed: int,
     augment: bool = True,
+    precision: str = "auto",
     checkpoint: Path | None = None,
     identity: dict[str, Any] | None = None,
     label: str = "ensemble",
@@ -335,7 +336,7 @@ def train_ensemble(
             if cancel.is_set():
                 return EnsembleRun("cancelled", epoch - 1, history, seconds)
             x, y = train.batch(index, augment=augment, generator=g)
-            with autocast(device):
+            with autocast(device, precision):
                 logits = ensemble(x)
             losses = ensemble_loss(logits, y, pos_weight=pos_weight, weights=weights)  # (k,)
             optimizer.zero_grad(set_to_none=True)
