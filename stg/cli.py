@@ -164,7 +164,28 @@ def cmd_group(args: argparse.Namespace) -> int:
                              epochs=args.epochs, projection_dim=args.projection_dim)
     for line in summary_lines(grouping):
         print(line)
+    if args.scan:
+        _print_k_scan(run, args)
     return 0
+
+
+def _print_k_scan(run, args: argparse.Namespace) -> None:
+    """Quality indices over k = 2 .. min(T - 1, 30), the recommended k, and the seed stability of --k."""
+    from stg.features import task_coordinates
+    from stg.quality import recommend_k, scan_k, stability
+
+    x = task_coordinates(run, epochs=args.epochs, projection_dim=args.projection_dim, seed=args.seed)
+    ks = list(range(2, min(len(x) - 1, 30) + 1))
+    if not ks:
+        raise StgError(f"a k scan needs at least 3 tasks, the run has {len(x)}")
+    scan = scan_k(x, ks=ks, m=args.fuzziness, method=args.method, seed=args.seed)
+    print(f"\nk scan ({args.method}, m={args.fuzziness}): higher silhouette and partition coefficient, lower Xie-Beni are better")
+    print(f"{'k':>4} {'silhouette':>11} {'partition':>10} {'xie_beni':>10}")
+    for row in scan:
+        print(f"{row['k']:>4} {row['silhouette']:>11.4f} {row['partition_coefficient']:>10.4f} {row['xie_beni']:>10.4g}")
+    print(f"recommended k (best silhouette): {recommend_k(scan)}")
+    stab = stability(x, k=args.k, m=args.fuzziness, method=args.method, seeds=range(args.seed, args.seed + 5))
+    print(f"stability of k={args.k} over 5 seeds: mean pairwise ARI {stab['mean_ari']:.3f}")
 
 
 def cmd_train_groups(args: argparse.Namespace) -> int:
@@ -267,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="grouping name (default from method, k, m)")
     p.add_argument("--epochs", default="last", help="data-map snapshots used as features: last (default), all, or e.g. 2,5")
     p.add_argument("--projection-dim", type=_positive_int, default=None, help="random projection of the features to this many dims")
+    p.add_argument("--scan", action="store_true", help="also print a k scan with quality indices, the recommended k and the seed stability of --k")
     p.set_defaults(func=cmd_group)
 
     p = sub.add_parser("train-groups", help="train one specialist per cluster against baselines", description="Train one specialist per cluster of grouping G (loss weighted by membership) and baselines under the same budget; evaluate on the test split into RUN/groups/G/metrics.json. Re-running resumes.")

@@ -121,8 +121,10 @@ def test_datamap_writes_the_run_contract(fashion_run: Path) -> None:
 
 
 def test_group_and_export_composite(fashion_run: Path, tmp_path: Path) -> None:
-    out = stg("group", str(fashion_run), "--k", "3", "--name", "g3").stdout
+    out = stg("group", str(fashion_run), "--k", "3", "--name", "g3", "--scan").stdout
     assert "g3" in out and "garment-type" in out
+    recommended = int(out.split("recommended k (best silhouette): ")[1].split()[0])
+    assert 2 <= recommended <= 12 and "stability of k=3 over 5 seeds" in out
     g = RunDir(fashion_run).read_grouping("g3")
     names, w = g["task_names"], np.array(g["membership"])
     assert w.shape == (len(names), 3) and np.allclose(w.sum(1), 1)
