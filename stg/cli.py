@@ -235,16 +235,44 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     import subprocess
+    import time
+    import urllib.request
+    import webbrowser
 
     app = Path(__file__).resolve().parent.parent / "app" / "Home.py"
     if not app.is_file():
-        raise StgError(f"the dashboard is not installed next to the library (looked for {app})")
+        raise StgError(f"the dashboard is not installed next to the library (looked for {app}): install stg from a checkout")
     env = {**os.environ, "STG_RUNS": str(Path(args.runs).expanduser().resolve())}
+    # Always headless: Streamlit's own first-run e-mail prompt would block a fresh machine.
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--server.address", args.host, "--browser.gatherUsageStats", "false",
-           "--server.headless", "true" if args.headless else "false"]
-    print(f"stg dashboard on http://{args.host}:{args.port} (runs in {env['STG_RUNS']})", file=sys.stderr)
-    return subprocess.call(cmd, env=env)
+           "--server.address", args.host, "--browser.gatherUsageStats", "false", "--server.headless", "true"]
+    url = f"http://{args.host}:{args.port}"
+    print(f"stg dashboard on {url} (runs in {env['STG_RUNS']}); Ctrl-C to stop", file=sys.stderr)
+    proc = subprocess.Popen(cmd, env=env)
+
+    def on_term(signum, frame):  # `kill` of stg stops the server it started too
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        if not args.headless:
+            for _ in range(120):
+                if proc.poll() is not None:
+                    break
+                try:
+                    with urllib.request.urlopen(url + "/_stcore/health", timeout=1) as r:
+                        if r.read().strip() == b"ok":
+                            webbrowser.open(url)
+                            break
+                except OSError:
+                    time.sleep(0.5)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 # -- parser ------------------------------------------------------------------------------------
