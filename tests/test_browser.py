@@ -83,12 +83,17 @@ def settle(page, timeout: float = 60_000) -> None:
     page.wait_for_timeout(300)
 
 
-def heatmap_columns(page) -> list[int]:
-    """Column counts of every Plotly heatmap on the page (membership and contingency: one per cluster)."""
-    return page.evaluate(
-        """() => [...document.querySelectorAll('.js-plotly-plot')]
-              .flatMap(g => (g.data || []).filter(t => t.type === 'heatmap' && t.z && t.z.length)
-              .map(t => t.z[0].length))""")
+# columns = the heatmap's x categories (z may arrive base64-encoded, without a .length)
+HEATMAP_COLUMNS = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .flatMap(g => (g.data || []).filter(t => t.type === 'heatmap' && t.x && t.x.length).map(t => t.x.length))"""
+
+
+def wait_heatmap_columns(page, *, has: int, lacks: int | None = None) -> list[int]:
+    """Wait until some Plotly heatmap on the page has ``has`` columns (the membership heatmap: one
+    per cluster) and none has ``lacks``; return the column counts. Fails by timeout otherwise."""
+    page.wait_for_function(
+        f"() => {{ const c = ({HEATMAP_COLUMNS})(); return c.includes({has}) && !c.includes({lacks or -1}); }}")
+    return page.evaluate(HEATMAP_COLUMNS)
 
 
 def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
@@ -122,14 +127,14 @@ def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
             page.goto(app_url + "/grouping?run=browser-demo")
             settle(page)
             page.get_by_text("Membership (fuzzy-kmeans k=4").first.wait_for()
-            assert 4 in heatmap_columns(page)
+            assert 4 in wait_heatmap_columns(page, has=4)
             k_box = page.get_by_label("k (clusters)", exact=True)
             k_box.fill("3")
             k_box.press("Enter")
             page.get_by_text("Membership (fuzzy-kmeans k=3").first.wait_for()
             settle(page)
-            columns = heatmap_columns(page)
-            assert 3 in columns and 4 not in columns, columns
+            columns = wait_heatmap_columns(page, has=3, lacks=4)
+            assert 3 in columns and 4 not in columns
             page.screenshot(path=str(SHOTS / "grouping.png"), full_page=True)
             page.get_by_label("Save as", exact=True).fill("browser-k3")
             page.get_by_role("button", name="Save grouping").click()
