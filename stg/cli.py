@@ -28,6 +28,13 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error, like every other stg error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the dataset (default: ~/.cache/stg/data or $STG_DATA_ROOT)")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing (needs internet)")
@@ -280,8 +287,8 @@ def cmd_app(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from stg.catalog import DATASET_NAMES
 
-    parser = argparse.ArgumentParser(prog="stg", description="Find which classification tasks to train together.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="stg", description="Find which classification tasks to train together.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     datasets = ", ".join(DATASET_NAMES)
 
     p = sub.add_parser("data", help="describe a task set", description=f"Describe a task set. Datasets: {datasets}, or a folder/.npz of your own.")

@@ -29,8 +29,9 @@ def _user_path(name: str) -> Path | None:
         return Path(name[len("folder:"):]).expanduser()
     if name not in DATASET_NAMES and (name.endswith(".npz") or os.sep in name or name.startswith(".")):
         p = Path(name).expanduser()
-        if p.exists():
-            return p
+        if not p.exists():
+            raise StgError(f"dataset path {p} does not exist: give an image folder (train/<class>/...) or an .npz file")
+        return p
     return None
 
 

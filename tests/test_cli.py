@@ -93,6 +93,8 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
                               check=False), "unknown model")
     assert not out.exists()
     assert_one_line_error(stg("group", str(tmp_path / "nothing"), "--k", "3", check=False), "not found")
+    assert_one_line_error(stg("group", str(tmp_path), check=False), "--k")  # argparse errors are one line too
+    assert_one_line_error(stg("data", str(tmp_path / "missing.npz"), check=False), "does not exist")
 
 
 @pytest.fixture(scope="module")
