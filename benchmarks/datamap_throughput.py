@@ -2,9 +2,9 @@
 
 Measured in one run, on the same data, model, batch size and device:
 - engine:     ``stg.engine.train_datamap`` (recorder on, device-resident data, on-device augmentation,
-              one vectorised loss); images/s of its last epoch's training pass
-- naive:      the official STG-MTL trainer's structure (fp32, NCHW, as it runs): a Dataset whose
-              ``__getitem__`` builds the label vector with a Python loop over tasks and applies
+              one vectorised loss); images/s of its training passes after the first epoch
+- naive:      the official STG-MTL trainer's structure, its model as it runs (fp32, NCHW, torch's
+              ``nn.Dropout``): a Dataset whose ``__getitem__`` builds the label vector with a Python loop over tasks and applies
               per-sample PIL transforms (RandomCrop + RandomHorizontalFlip + ToTensor + Normalize),
               a DataLoader, a Python loop of T ``BCEWithLogitsLoss`` calls, per-batch metric counts
               and ``loss.item()``, and the (T, B) transposed recorder update
@@ -34,7 +34,7 @@ from torchvision import transforms
 
 from stg.engine import TrainConfig, autocast, prepare_model, resolve_device, train_datamap
 from stg.loss import per_task_loop_bce, weighted_bce
-from stg.models import build_model
+from stg.models import Dropout, build_model
 from stg.taskset import Split, TaskSet
 
 
@@ -69,11 +69,21 @@ class OfficialStyleDataset(Dataset):
         return idx, image, labels
 
 
+def official_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """The official model as it runs: fp32, NCHW, and torch's own ``nn.Dropout`` (stg swaps in a
+    faster mask for it)."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, Dropout):
+                setattr(parent, name, torch.nn.Dropout(child.p))
+    return model
+
+
 def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, workers: int,
                        repeats: int) -> list[float]:
     """Images/s of each of ``repeats`` passes over the data (after two warm-up steps)."""
     c, size, _ = ts.image_shape
-    model = build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks).to(device)  # fp32, NCHW
+    model = official_layers(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     hwc = ts.train.images.permute(0, 2, 3, 1).numpy()
     data = OfficialStyleDataset(hwc, ts.train.classes.numpy(), ts.n_tasks)

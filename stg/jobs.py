@@ -150,17 +150,19 @@ class JobManager:
         config: TrainConfig,
         *,
         loader: Callable[..., Any] | None = None,
+        download: bool = False,
     ) -> JobSnapshot:
         """Load the task set now (bad input raises StgError here), then train in the background.
 
         data_spec: {dataset, data_root, tasks, limit, val_fraction, split_seed}, as the CLI writes it.
-        ``out`` that already holds the same run resumes it.
+        ``download`` fetches a missing dataset first (needs internet). ``out`` that already holds
+        the same run resumes it.
         """
         from stg.engine import train_datamap
 
         key = run_key(out)
         self._refuse_if_running(key)
-        taskset = load_taskset_from_spec(data_spec, loader=loader)
+        taskset = load_taskset_from_spec(data_spec, loader=loader, download=download)
         config.validate(len(taskset.train))
 
         def fn(on_event, cancel):
@@ -270,14 +272,12 @@ def run_status(run_path: str | Path) -> str:
     return "interrupted" if status == ACTIVE else status
 
 
-def load_taskset_from_spec(spec: dict[str, Any], *, loader: Callable[..., Any] | None = None):
+def load_taskset_from_spec(spec: dict[str, Any], *, loader: Callable[..., Any] | None = None,
+                           download: bool = False):
     """The TaskSet described by a run's data spec (the keys run.json's "data" holds)."""
     if loader is None:
-        try:
-            from stg.datasets import load_taskset as loader
-        except ImportError:
-            raise StgError("dataset loading is not available in this installation (stg.datasets is missing)") from None
-    return loader(spec["dataset"], data_root=spec.get("data_root"), download=bool(spec.get("download", False)),
+        from stg.datasets import load_taskset as loader
+    return loader(spec["dataset"], data_root=spec.get("data_root"), download=download,
                   tasks=spec.get("tasks"), seed=int(spec.get("split_seed", 0)),
                   val_fraction=float(spec.get("val_fraction", 0.1)), limit=spec.get("limit"))
 

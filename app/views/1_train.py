@@ -19,10 +19,8 @@ OWN = "your own folder or .npz (path below)"
 
 
 def dataset_names() -> list[str]:
-    try:
-        from stg.datasets import DATASET_NAMES
-    except ImportError:
-        return ["fashion-sample"]
+    from stg.catalog import DATASET_NAMES
+
     return list(DATASET_NAMES)
 
 
@@ -48,7 +46,7 @@ def start_run() -> None:
         if (out / "run.json").is_file():
             raise StgError(f"run {name!r} already exists: choose another name (or pick it and press Resume)")
         with st.spinner("loading the data"):
-            common.manager().start_datamap(out, spec, config)
+            common.manager().start_datamap(out, spec, config, download=bool(s.get("f_download")))
     except StgError as e:
         s["train_error"] = str(e)
         return
@@ -64,6 +62,7 @@ def new_run_form(*, expanded: bool) -> None:
                      help="fashion-sample is embedded and works offline; the others read --data-root")
         c1.text_input("…or a path to your own data", key="f_path", placeholder="/data/my_images or my.npz")
         c1.text_input("Data root (optional)", key="f_root", placeholder="~/.cache/stg/data")
+        c1.checkbox("Download if missing (CIFAR, Fashion-MNIST; needs internet)", key="f_download")
         c2.text_input("Tasks spec (optional)", key="f_tasks", placeholder="dataset default, e.g. composite, paper15",
                       help="ovr:all | ovr:C1,C2 | union:NAME=C1,C2 | not:NAME | random | flipped | a preset")
         c2.selectbox("Model", list(MODEL_NAMES), key="f_model")
