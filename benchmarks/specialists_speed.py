@@ -52,12 +52,9 @@ def batches(data: DeviceData, steps: int, batch_size: int) -> list[torch.Tensor]
     return out[:steps]
 
 
-def time_one(model_name: str, seed: int, data: DeviceData, index: list[torch.Tensor], weights: torch.Tensor,
-             pos_weight: torch.Tensor, warmup: int) -> float:
-    """Seconds for len(index) steps of one standalone model (after ``warmup`` untimed steps)."""
-    torch.manual_seed(seed)
-    model = prepare_model(build_model(model_name, in_channels=3, size=32, n_tasks=len(pos_weight)), data.device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+def time_steps(module: torch.nn.Module, loss_fn, data: DeviceData, index: list[torch.Tensor], warmup: int) -> float:
+    """Seconds for len(index) Adam steps of ``module`` on ``loss_fn(logits, y)`` (after ``warmup`` untimed steps)."""
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     g = torch.Generator(device=data.device).manual_seed(2)
     t0 = 0.0
     for i, idx in enumerate(index[:warmup] + index):
@@ -66,8 +63,8 @@ def time_one(model_name: str, seed: int, data: DeviceData, index: list[torch.Ten
             t0 = time.perf_counter()
         x, y = data.batch(idx, augment=True, generator=g)
         with autocast(data.device):
-            logits = model(x)
-        loss = weighted_bce(logits.float(), y, pos_weight=pos_weight, task_weights=weights)
+            logits = module(x)
+        loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -75,27 +72,23 @@ def time_one(model_name: str, seed: int, data: DeviceData, index: list[torch.Ten
     return time.perf_counter() - t0
 
 
+def time_one(model_name: str, seed: int, data: DeviceData, index: list[torch.Tensor], weights: torch.Tensor,
+             pos_weight: torch.Tensor, warmup: int) -> float:
+    """Seconds for len(index) steps of one standalone model."""
+    torch.manual_seed(seed)
+    model = prepare_model(build_model(model_name, in_channels=3, size=32, n_tasks=len(pos_weight)), data.device)
+    return time_steps(model, lambda z, y: weighted_bce(z, y, pos_weight=pos_weight, task_weights=weights),
+                      data, index, warmup)
+
+
 def time_concurrent(model_name: str, k: int, data: DeviceData, index: list[torch.Tensor], weights: torch.Tensor,
                     pos_weight: torch.Tensor, warmup: int, mode: str) -> tuple[float, str]:
     """Seconds for the k-model ensemble (``mode``, as stg.specialists.build_ensemble), and its class name."""
     ens = to_device(build_ensemble(model_name, seeds=list(range(k)), in_channels=3, size=32,
                                    n_tasks=len(pos_weight), mode=mode, device=data.device), data.device)
-    opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
-    g = torch.Generator(device=data.device).manual_seed(2)
-    t0 = 0.0
-    for i, idx in enumerate(index[:warmup] + index):
-        if i == warmup:
-            _sync(data.device)
-            t0 = time.perf_counter()
-        x, y = data.batch(idx, augment=True, generator=g)
-        with autocast(data.device):
-            logits = ens(x)
-        loss = ensemble_loss(logits, y, pos_weight=pos_weight, weights=weights).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    _sync(data.device)
-    return time.perf_counter() - t0, type(ens).__name__
+    seconds = time_steps(ens, lambda z, y: ensemble_loss(z, y, pos_weight=pos_weight, weights=weights).sum(),
+                         data, index, warmup)
+    return seconds, type(ens).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
