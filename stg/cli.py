@@ -252,7 +252,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     env = {**os.environ, "STG_RUNS": str(Path(args.runs).expanduser().resolve())}
     # Always headless: Streamlit's own first-run e-mail prompt would block a fresh machine.
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--server.address", args.host, "--browser.gatherUsageStats", "false", "--server.headless", "true"]
+           "--server.address", args.host, "--browser.gatherUsageStats", "false", "--server.headless", "true",
+           "--client.toolbarMode", "minimal"]
     url = f"http://{args.host}:{args.port}"
     print(f"stg dashboard on {url} (runs in {env['STG_RUNS']}); Ctrl-C to stop", file=sys.stderr)
     proc = subprocess.Popen(cmd, env=env)
