@@ -90,7 +90,7 @@ class _Bar:
             if self.bar is not None:
                 self.bar.close()
             self.bar = tqdm(total=p.steps, initial=p.step, unit="step", dynamic_ncols=True, file=sys.stderr)
-            self.bar.write(p.message)
+            self.bar.write(p.message, file=sys.stderr)
             return
         if self.bar is None:
             return
@@ -100,11 +100,11 @@ class _Bar:
             if p.kind == "epoch":
                 extra = " ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
                 what = p.message or f"epoch {p.epoch}/{p.epochs}"
-                self.bar.write(f"{what}: loss {p.loss:.4f} {extra} ({p.images_per_s:,.0f} img/s)")
+                self.bar.write(f"{what}: loss {p.loss:.4f} {extra} ({p.images_per_s:,.0f} img/s)", file=sys.stderr)
         elif p.kind in ("done", "cancelled", "failed"):
             self.bar.update(max(0, p.step - self.bar.n))
             if p.message:
-                self.bar.write(p.message)
+                self.bar.write(p.message, file=sys.stderr)
             self.bar.close()
             self.bar = None
 
