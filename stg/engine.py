@@ -31,7 +31,7 @@ from stg.datamap import DataMapRecorder
 from stg.errors import StgError
 from stg.loss import weighted_bce
 from stg.models import MODEL_NAMES, build_model
-from stg.rundir import RunDir, atomic_save
+from stg.rundir import LOCK_NAME, RunDir, atomic_save, exclusive
 from stg.taskset import Split, TaskSet
 
 
@@ -241,16 +241,20 @@ def _identity(config: TrainConfig, data_spec: dict[str, Any]) -> dict[str, Any]:
     return {"train": cfg, "data": data_spec}
 
 
+def check_out(out: Path) -> None:
+    """``out`` must be a new folder, or one that holds an stg run; and writable. Writes nothing else."""
+    if out.exists() and not out.is_dir():
+        raise StgError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and not RunDir(out).exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise StgError(f"--out {out} is not empty and holds no stg run: choose a new folder")
+    _check_writable(out)
+
+
 def open_run(
     out: Path, taskset: TaskSet, config: TrainConfig, data_spec: dict[str, Any]
 ) -> tuple[RunDir, dict[str, Any], bool]:
     """Create ``out`` as a new run, or check it holds the same run to resume. Returns (run, meta, resumed)."""
     run = RunDir(out)
-    if out.exists() and not out.is_dir():
-        raise StgError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not run.exists():
-        raise StgError(f"--out {out} is not empty and holds no stg run: choose a new folder")
-    _check_writable(out)
     identity = _identity(config, data_spec)
     if run.exists():
         meta = run.read()
@@ -322,15 +326,31 @@ def train_datamap(
     """
     config.validate(len(taskset.train))
     device = resolve_device(config.device)
-    out = Path(out)
-    spec = data_spec if data_spec is not None else {"dataset": taskset.dataset, "tasks": taskset.tasks_spec}
-    run, meta, resumed = open_run(out, taskset, config, spec)
-    emit = on_event or (lambda p: None)
-    cancel = cancel or threading.Event()
-
     c, h, w = taskset.image_shape
     if h != w:
         raise StgError(f"images must be square, got {h}x{w}")
+    out = Path(out)
+    spec = data_spec if data_spec is not None else {"dataset": taskset.dataset, "tasks": taskset.tasks_spec}
+    check_out(out)
+    with exclusive(out, "data-map run"):
+        return _train_datamap_locked(taskset, config, out, spec, device, on_event, cancel, probes)
+
+
+def _train_datamap_locked(
+    taskset: TaskSet,
+    config: TrainConfig,
+    out: Path,
+    spec: dict[str, Any],
+    device: torch.device,
+    on_event: EventFn | None,
+    cancel: threading.Event | None,
+    probes: Sequence[Probe],
+) -> dict[str, Any]:
+    """train_datamap's body, run while holding the run directory's lock."""
+    run, meta, resumed = open_run(out, taskset, config, spec)
+    emit = on_event or (lambda p: None)
+    cancel = cancel or threading.Event()
+    c, h, _ = taskset.image_shape
     mean, std = channel_stats(taskset.train.images)
     train = DeviceData(taskset.train, device, mean, std)
     val = DeviceData(taskset.val, device, mean, std)

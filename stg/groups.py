@@ -37,7 +37,7 @@ import torch
 from stg.engine import DeviceData, Progress, TrainConfig, channel_stats, resolve_device, versions
 from stg.errors import StgError
 from stg.evaluate import METRICS, ensemble_logits, ensemble_weights, evaluate_logits
-from stg.rundir import RunDir, atomic_write_json
+from stg.rundir import RunDir, atomic_write_json, exclusive
 from stg.specialists import (
     build_ensemble,
     checkpoint_epoch,
@@ -116,7 +116,8 @@ class Family:
 
     def identity(self, config: TrainConfig, task_names: Sequence[str]) -> dict[str, Any]:
         return {"family": self.name, "model": config.model, "batch_size": config.batch_size, "lr": config.lr,
-                "seed": config.seed, "augment": config.augment, "precision": config.precision, "seeds": list(self.seeds),
+                "seed": config.seed, "augment": config.augment, "precision": config.precision,
+                "seeds": list(self.seeds),
                 "weights": self.weights.tolist(), "task_names": list(task_names)}
 
 
@@ -241,83 +242,84 @@ def train_groups(
                 raise StgError(f"{path} is already trained for {e} epochs, more than the {epochs} asked for")
             done_before[fam.name] = e
 
-    emit = on_event or (lambda p: None)
-    cancel = cancel or threading.Event()
-    steps_per_epoch = -(-len(taskset.train) // config.batch_size)
-    total_steps = steps_per_epoch * epochs * len(families)
-    status = {"status": "running", "grouping": grouping, "hard": hard, "executor": executor, "epochs": epochs,
-              "families": {f.name: {"k": f.k, "epochs_done": done_before.get(f.name, 0), "epochs": epochs}
-                           for f in families},
-              "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out.mkdir(parents=True, exist_ok=True)
-    lock = threading.Lock()
+    with exclusive(out, "grouped training of this grouping"):
+        emit = on_event or (lambda p: None)
+        cancel = cancel or threading.Event()
+        steps_per_epoch = -(-len(taskset.train) // config.batch_size)
+        total_steps = steps_per_epoch * epochs * len(families)
+        status = {"status": "running", "grouping": grouping, "hard": hard, "executor": executor, "epochs": epochs,
+                  "families": {f.name: {"k": f.k, "epochs_done": done_before.get(f.name, 0), "epochs": epochs}
+                               for f in families},
+                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        out.mkdir(parents=True, exist_ok=True)
+        lock = threading.Lock()
 
-    def write_status(**changes: Any) -> None:
-        with lock:
-            status.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            atomic_write_json(out / "status.json", status)
+        def write_status(**changes: Any) -> None:
+            with lock:
+                status.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                atomic_write_json(out / "status.json", status)
 
-    write_status()
-    emit(Progress("start", 0, epochs, sum(done_before.values()) * steps_per_epoch, total_steps,
-                  message=f"training {', '.join(f.name for f in families)} for grouping {grouping}"))
-    t_start = time.monotonic()
-    try:
-        if executor == "local":
-            results = _run_local(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
-                                 cancel=cancel, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                                 status=status, write_status=write_status)
-        else:
-            results = _run_ray(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
-                               cancel=cancel, total_steps=total_steps, status=status, write_status=write_status)
-    except BaseException as e:
-        write_status(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-                     error=None if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
-        raise
-    if results is None:
-        write_status(status="cancelled")
-        emit(Progress("cancelled", 0, epochs, 0, total_steps, message="cancelled; finished epochs are kept"))
-        return dict(status)
+        write_status()
+        emit(Progress("start", 0, epochs, sum(done_before.values()) * steps_per_epoch, total_steps,
+                      message=f"training {', '.join(f.name for f in families)} for grouping {grouping}"))
+        t_start = time.monotonic()
+        try:
+            if executor == "local":
+                results = _run_local(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
+                                     cancel=cancel, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                                     status=status, write_status=write_status)
+            else:
+                results = _run_ray(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
+                                   cancel=cancel, total_steps=total_steps, status=status, write_status=write_status)
+        except BaseException as e:
+            write_status(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
+                         error=None if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
+            raise
+        if results is None:
+            write_status(status="cancelled")
+            emit(Progress("cancelled", 0, epochs, 0, total_steps, message="cancelled; finished epochs are kept"))
+            return dict(status)
 
-    y_test = taskset.test.labels.numpy()
-    models: dict[str, Any] = {}
-    grouped_name = families[0].name
-    z = results[grouped_name]["test_logits"]
-    models["grouped"] = evaluate_logits(ensemble_logits(z, ensemble_weights(grouped_w, "membership")), y_test, task_names)
-    models["grouped_argmax"] = evaluate_logits(ensemble_logits(z, ensemble_weights(grouped_w, "argmax")), y_test, task_names)
-    for fam in families[1:]:
-        z = results[fam.name]["test_logits"]
-        models[fam.name] = evaluate_logits(ensemble_logits(z, fam.weights), y_test, task_names)
+        y_test = taskset.test.labels.numpy()
+        models: dict[str, Any] = {}
+        grouped_name = families[0].name
+        z = results[grouped_name]["test_logits"]
+        for name, how in (("grouped", "membership"), ("grouped_argmax", "argmax")):
+            models[name] = evaluate_logits(ensemble_logits(z, ensemble_weights(grouped_w, how)), y_test, task_names)
+        for fam in families[1:]:
+            z = results[fam.name]["test_logits"]
+            models[fam.name] = evaluate_logits(ensemble_logits(z, fam.weights), y_test, task_names)
 
-    metrics: dict[str, Any] = {"models": models}
-    if "mtl" in models:
-        gain = {}
-        for t in task_names:
-            g, m = models["grouped"]["per_task"][t], models["mtl"]["per_task"][t]
-            gain[t] = {key: (None if g[key] is None or m[key] is None else round(g[key] - m[key], 6))
-                       for key in ("balanced_accuracy", "f1")}
-        metrics["gain_vs_mtl"] = gain
-        metrics["losers"] = [t for t in task_names if (gain[t]["balanced_accuracy"] or 0.0) < 0]
-    metrics.update({
-        "grouping": grouping,
-        "k": k,
-        "hard": hard,
-        "split": "test",
-        "n_test": len(taskset.test),
-        "task_names": task_names,
-        "membership": grouped_w.tolist(),
-        "random_labels": [int(v) for v in rand_labels] if "random" in models else None,
-        "config": {**dataclasses.asdict(config), "epochs": epochs, "device": device, "executor": executor,
-                   "baselines": baselines},
-        "timings": {name: r["seconds"] for name, r in results.items()}
-                   | {"wall_seconds": round(time.monotonic() - t_start, 3)},
-        "history": {name: r["history"] for name, r in results.items()},
-        "versions": versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
-    atomic_write_json(out / "metrics.json", metrics)
-    write_status(status="done")
-    emit(Progress("done", epochs, epochs, total_steps, total_steps, message=f"done: {out / 'metrics.json'}"))
-    return metrics
+        metrics: dict[str, Any] = {"models": models}
+        if "mtl" in models:
+            gain = {}
+            for t in task_names:
+                g, m = models["grouped"]["per_task"][t], models["mtl"]["per_task"][t]
+                gain[t] = {key: (None if g[key] is None or m[key] is None else round(g[key] - m[key], 6))
+                           for key in ("balanced_accuracy", "f1")}
+            metrics["gain_vs_mtl"] = gain
+            metrics["losers"] = [t for t in task_names if (gain[t]["balanced_accuracy"] or 0.0) < 0]
+        metrics.update({
+            "grouping": grouping,
+            "k": k,
+            "hard": hard,
+            "split": "test",
+            "n_test": len(taskset.test),
+            "task_names": task_names,
+            "membership": grouped_w.tolist(),
+            "random_labels": [int(v) for v in rand_labels] if "random" in models else None,
+            "config": {**dataclasses.asdict(config), "epochs": epochs, "device": device, "executor": executor,
+                       "baselines": baselines},
+            "timings": {name: r["seconds"] for name, r in results.items()}
+                       | {"wall_seconds": round(time.monotonic() - t_start, 3)},
+            "history": {name: r["history"] for name, r in results.items()},
+            "versions": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+        atomic_write_json(out / "metrics.json", metrics)
+        write_status(status="done")
+        emit(Progress("done", epochs, epochs, total_steps, total_steps, message=f"done: {out / 'metrics.json'}"))
+        return metrics
 
 
 def _run_local(families: list[Family], taskset: TaskSet, config: TrainConfig, *, epochs: int, device: str,

@@ -9,12 +9,18 @@ RUN/groups/G/...          grouped training of grouping G
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, runs are not guarded against a second writer
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -56,6 +62,29 @@ def atomic_save(path: Path, save_fn: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder/.lock`` while writing a run, so a second writer (another process, or another
+    thread of this one) gets a clear error instead of interleaving files. The OS drops the lock when
+    the holder dies, so a killed run never leaves a stale lock behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StgError(f"{folder} is being written by another {what} right now: wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

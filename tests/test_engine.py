@@ -252,3 +252,22 @@ def test_crop_flip_matches_a_per_image_reference(pad: int) -> None:
             crop = crop.flip(-1)
         assert torch.equal(out[i], crop.permute(1, 2, 0))
     assert 0 < int(mirror.sum()) < b, "both branches exercised"
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, str(HERE / "slow_run.py"), str(out), "0.01"], env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not RunDir(out).datamap_path(1).exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        cfg = TrainConfig(epochs=5, batch_size=16)
+        with pytest.raises(StgError, match="being written by another data-map run"):
+            train_datamap(tiny_taskset(n_train=160), cfg, out)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    meta = train_datamap(tiny_taskset(n_train=160), TrainConfig(epochs=5, batch_size=16), out)
+    assert meta["status"] == "done" and meta["epochs_done"] == 5

@@ -307,3 +307,14 @@ def test_ray_executor_matches_local(tiny_run, tmp_path: Path) -> None:
         for t in ts.task_names:
             for key, v in local["models"][name]["per_task"][t].items():
                 assert remote["models"][name]["per_task"][t][key] == pytest.approx(v, abs=0.05, nan_ok=True)
+
+
+def test_a_second_grouped_training_of_one_grouping_is_refused(tiny_run, tmp_path: Path) -> None:
+    from stg.rundir import exclusive
+
+    src, ts = tiny_run
+    run = _copy_run(src, tmp_path / "run")
+    with exclusive(run.groups_dir("g2"), "grouped training of this grouping"):
+        with pytest.raises(StgError, match="being written by another grouped training"):
+            train_groups(run, "g2", epochs=1, baselines=(), device="cpu", taskset=ts)
+    assert not (run.groups_dir("g2") / "metrics.json").exists()
