@@ -192,7 +192,8 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: DeviceData, *, batch_size: int = 1024, batch_dim: int = 0) -> torch.Tensor:
+def predict_logits(model: nn.Module, data: DeviceData, *, batch_size: int = 1024, batch_dim: int = 0,
+                   precision: str = "auto") -> torch.Tensor:
     """Eval-mode logits for a whole split, float32 on the device: (N, T) for a model; for an
     ensemble whose output is (k, B, T) pass ``batch_dim=1`` to get (k, N, T)."""
     was_training = model.training
@@ -201,22 +202,21 @@ def predict_logits(model: nn.Module, data: DeviceData, *, batch_size: int = 1024
     out = []
     for index in rows.split(batch_size) if len(data) else [rows]:  # an empty split still gives its shape
         x, _ = data.batch(index, augment=False, generator=None)
-        with autocast(data.device):
+        with autocast(data.device, precision):
             out.append(model(x).float())
     model.train(was_training)
     return torch.cat(out, dim=batch_dim)
 
 
 def quick_metrics(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> dict[str, float]:
-    """Mean-over-tasks loss and balanced accuracy of (N, T) logits against (N, T) labels."""
+    """Mean-over-tasks loss and balanced accuracy (as ``stg.evaluate``) of (N, T) logits against (N, T) labels."""
+    from stg.evaluate import binary_metrics
+
     if logits.shape[0] == 0:
         return {}
     loss = weighted_bce(logits, labels, pos_weight=pos_weight, task_weights=torch.ones_like(pos_weight))
-    pred = logits > 0
-    pos = labels > 0.5
-    tpr = (pred & pos).sum(0) / pos.sum(0).clamp_min(1)
-    tnr = (~pred & ~pos).sum(0) / (~pos).sum(0).clamp_min(1)
-    return {"val_loss": float(loss) / labels.shape[1], "val_balanced_accuracy": float(((tpr + tnr) / 2).mean())}
+    balanced = binary_metrics(logits, labels)["balanced_accuracy"]
+    return {"val_loss": float(loss) / labels.shape[1], "val_balanced_accuracy": float(np.nanmean(balanced))}
 
 
 def versions() -> dict[str, str]:
@@ -387,7 +387,7 @@ def _train_datamap_locked(
                               message="cancelled; the run keeps its last finished epoch"))
                 return meta
             epoch_loss, seconds = result
-            metrics = quick_metrics(predict_logits(model, val), val.labels, pos_weight)
+            metrics = quick_metrics(predict_logits(model, val, precision=config.precision), val.labels, pos_weight)
             run.write_datamap(epoch, recorder.snapshot())
             _save_checkpoint(run, model, optimizer, recorder, probes, epoch)
             record = {"epoch": epoch, "loss": epoch_loss, "seconds": round(seconds, 3),

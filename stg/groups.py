@@ -158,7 +158,8 @@ def _train_family(
     )
     logits = None
     if result.status == "done":
-        logits = predict_ensemble(ensemble, test, batch_size=max(64, 4096 // ensemble.k)).cpu().numpy()
+        logits = predict_ensemble(ensemble, test, batch_size=max(64, 4096 // ensemble.k),
+                                  precision=config.precision).cpu().numpy()
     return {"status": result.status, "epochs_done": result.epochs_done, "seconds": round(result.seconds, 3),
             "history": result.history, "test_logits": logits}
 

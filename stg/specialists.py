@@ -256,9 +256,10 @@ def ensemble_loss(
     return (per_task * weights.t()).sum(1)
 
 
-def predict_ensemble(ensemble: Ensemble, data: DeviceData, *, batch_size: int = 512) -> torch.Tensor:
+def predict_ensemble(ensemble: Ensemble, data: DeviceData, *, batch_size: int = 512,
+                     precision: str = "auto") -> torch.Tensor:
     """Eval-mode logits of all k models for a whole split: (k, N, T) float32 on the device."""
-    return predict_logits(ensemble, data, batch_size=batch_size, batch_dim=1)
+    return predict_logits(ensemble, data, batch_size=batch_size, batch_dim=1, precision=precision)
 
 
 @dataclass
