@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from stg.errors import StgError
 
@@ -109,6 +110,23 @@ class _Bar:
             self.bar = None
 
 
+@contextlib.contextmanager
+def _ctrl_c_cancels() -> Iterator[threading.Event]:
+    """An event the first Ctrl-C sets (long work stops within one step); a second Ctrl-C hard-stops."""
+    cancel = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        cancel.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_datamap(args: argparse.Namespace) -> int:
     from stg.engine import TrainConfig, train_datamap
     from stg.rundir import RunDir
@@ -126,19 +144,8 @@ def cmd_datamap(args: argparse.Namespace) -> int:
         config = TrainConfig(**{**_given_train_args(args), "seed": args.seed, "augment": not args.no_augment,
                                 "ddof": args.ddof})
     taskset = _load_taskset(spec, download=args.download)
-    cancel = threading.Event()
-    bar = _Bar()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_sigint(signum, frame):  # first Ctrl-C: stop within one step; second: hard stop
-        cancel.set()
-        signal.signal(signal.SIGINT, previous)
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        meta = train_datamap(taskset, config, out, data_spec=spec, on_event=bar, cancel=cancel)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with _ctrl_c_cancels() as cancel:
+        meta = train_datamap(taskset, config, out, data_spec=spec, on_event=_Bar(), cancel=cancel)
     if meta["status"] == "cancelled":
         print(f"cancelled after {meta['epochs_done']} finished epoch(s); run `stg datamap --out {out}` to resume",
               file=sys.stderr)
@@ -202,14 +209,9 @@ def cmd_train_groups(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     run.read()
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
-    cancel = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: (cancel.set(), signal.signal(signal.SIGINT, previous)))
-    try:
+    with _ctrl_c_cancels() as cancel:
         metrics = train_groups(run, args.grouping, epochs=args.epochs, baselines=baselines, hard=args.hard,
                                executor=args.executor, device=args.device, on_event=_Bar(), cancel=cancel)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if metrics.get("status") == "cancelled":
         print(f"cancelled; run `stg train-groups {run.path} --grouping {args.grouping}` again to resume",
               file=sys.stderr)
