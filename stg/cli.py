@@ -50,18 +50,13 @@ def _data_spec(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
             "val_fraction": args.val_fraction, "split_seed": args.seed}
 
 
-def _load_taskset(spec: dict[str, Any], *, download: bool = False):
-    from stg.datasets import load_taskset
-
-    return load_taskset(spec["dataset"], data_root=spec["data_root"], download=download, tasks=spec["tasks"],
-                        seed=spec["split_seed"], val_fraction=spec["val_fraction"], limit=spec["limit"])
-
-
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from stg.datasets import load_taskset_from_spec
+
     spec = _data_spec(args, args.name)
-    taskset = _load_taskset(spec, download=args.download)
+    taskset = load_taskset_from_spec(spec, download=args.download)
     info = taskset.describe()
     if args.json:
         print(json.dumps(info))
@@ -128,6 +123,7 @@ def _ctrl_c_cancels() -> Iterator[threading.Event]:
 
 
 def cmd_datamap(args: argparse.Namespace) -> int:
+    from stg.datasets import load_taskset_from_spec
     from stg.engine import TrainConfig, train_datamap
     from stg.rundir import RunDir
 
@@ -143,7 +139,7 @@ def cmd_datamap(args: argparse.Namespace) -> int:
         spec = _data_spec(args, args.dataset)
         config = TrainConfig(**{**_given_train_args(args), "seed": args.seed, "augment": not args.no_augment,
                                 "ddof": args.ddof})
-    taskset = _load_taskset(spec, download=args.download)
+    taskset = load_taskset_from_spec(spec, download=args.download)
     with _ctrl_c_cancels() as cancel:
         meta = train_datamap(taskset, config, out, data_spec=spec, on_event=_Bar(), cancel=cancel)
     if meta["status"] == "cancelled":

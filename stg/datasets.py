@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 from stg.catalog import DATASET_NAMES
 from stg.errors import StgError
@@ -104,6 +105,18 @@ def load_taskset(
 
     data = load_classdata(name, data_root=data_root, download=download)
     return build_taskset(data, tasks, seed=seed, val_fraction=val_fraction, limit=limit)
+
+
+def load_taskset_from_spec(
+    spec: dict[str, Any], *, download: bool = False, loader: Callable[..., TaskSet] = load_taskset
+) -> TaskSet:
+    """The task set a run's data spec describes (run.json's "data": dataset, data_root, tasks,
+    limit, val_fraction, split_seed, as ``stg datamap`` writes it). ``loader`` is for tests."""
+    if "dataset" not in spec:
+        raise StgError("run.json has no data spec to rebuild the task set from")
+    return loader(spec["dataset"], data_root=spec.get("data_root"), download=download, tasks=spec.get("tasks"),
+                  seed=int(spec.get("split_seed", 0)), val_fraction=float(spec.get("val_fraction", 0.1)),
+                  limit=spec.get("limit"))
 
 
 def clear_cache() -> None:

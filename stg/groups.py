@@ -79,18 +79,6 @@ def one_hot(labels: np.ndarray, k: int) -> np.ndarray:
     return np.eye(k)[labels]
 
 
-def _load_taskset(meta: dict[str, Any]) -> TaskSet:
-    spec = meta.get("data") or {}
-    if "dataset" not in spec:
-        raise StgError("run.json has no data spec to rebuild the task set from: pass the task set explicitly")
-    from stg.datasets import load_taskset  # lazy: loaders are heavy
-
-    kwargs = {dst: spec[src] for src, dst in (("data_root", "data_root"), ("tasks", "tasks"),
-                                               ("split_seed", "seed"), ("val_fraction", "val_fraction"),
-                                               ("limit", "limit")) if src in spec}
-    return load_taskset(spec["dataset"], **kwargs)
-
-
 def _train_config(meta: dict[str, Any]) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
@@ -213,7 +201,9 @@ def train_groups(
     if executor == "ray":
         _import_ray()
     if taskset is None:
-        taskset = _load_taskset(meta)
+        from stg.datasets import load_taskset_from_spec  # lazy: loaders are heavy
+
+        taskset = load_taskset_from_spec(meta.get("data") or {})
     if list(taskset.task_names) != task_names or len(taskset.train) != meta.get("n_train", len(taskset.train)):
         raise StgError(f"the task set does not match run {run.path} (tasks or training split differ)")
     config.validate(len(taskset.train))

@@ -162,7 +162,9 @@ class JobManager:
 
         key = run_key(out)
         self._refuse_if_running(key)
-        taskset = load_taskset_from_spec(data_spec, loader=loader, download=download)
+        from stg.datasets import load_taskset, load_taskset_from_spec
+
+        taskset = load_taskset_from_spec(data_spec, download=download, loader=loader or load_taskset)
         config.validate(len(taskset.train))
 
         def fn(on_event, cancel):
@@ -270,16 +272,6 @@ def run_status(run_path: str | Path) -> str:
     except StgError:
         return "failed"
     return "interrupted" if status == ACTIVE else status
-
-
-def load_taskset_from_spec(spec: dict[str, Any], *, loader: Callable[..., Any] | None = None,
-                           download: bool = False):
-    """The TaskSet described by a run's data spec (the keys run.json's "data" holds)."""
-    if loader is None:
-        from stg.datasets import load_taskset as loader
-    return loader(spec["dataset"], data_root=spec.get("data_root"), download=download,
-                  tasks=spec.get("tasks"), seed=int(spec.get("split_seed", 0)),
-                  val_fraction=float(spec.get("val_fraction", 0.1)), limit=spec.get("limit"))
 
 
 _MANAGER: JobManager | None = None
