@@ -199,7 +199,6 @@ def test_learn_page_explains_special_tasks(runs: Path) -> None:
 
 
 def test_grouped_training_runs_in_background_and_shows_results(runs: Path) -> None:
-    pytest.importorskip("stg.groups")
     from stg.grouping import make_grouping
 
     make_grouping(RunDir(runs / "demo"), k=3, name="g3")

@@ -16,14 +16,6 @@ from stg.plots import gain_bar, results_rows  # noqa: E402
 METRICS = ("balanced_accuracy", "accuracy", "f1", "auroc")
 
 
-def groups_available() -> bool:
-    try:
-        import stg.groups  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def launch_form(run: common.RunDir, grouping: str) -> None:
     with st.form("groups_form"):
         c1, c2, c3 = st.columns(3)
@@ -88,10 +80,6 @@ if meta is not None:
     else:
         grouping = st.selectbox("Grouping", names, key="gt_grouping")
         with common.errors():
-            if not groups_available():
-                st.warning("Grouped training (stg.groups) is not installed in this version of stg yet; "
-                           "saved groupings can still be exported.")
-            else:
-                launch_form(run, grouping)
-                progress_panel(run, grouping)
+            launch_form(run, grouping)
+            progress_panel(run, grouping)
             results(run, grouping)
