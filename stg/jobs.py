@@ -195,10 +195,8 @@ class JobManager:
 
     def start_groups(self, run_path: str | Path, grouping: str, **options: Any) -> JobSnapshot:
         """Train the specialists of ``grouping`` (and baselines) in the background: stg.groups.train_groups."""
-        try:
-            from stg.groups import train_groups
-        except ImportError:
-            raise StgError("grouped training is not available in this installation (stg.groups is missing)") from None
+        from stg.groups import train_groups
+
         run = RunDir(run_path)
         run.read_grouping(grouping)  # fail now, not in the thread, on an unknown grouping
 
