@@ -467,7 +467,6 @@ def _save_checkpoint(run: RunDir, model, optimizer, recorder, probes: Sequence[P
         "optimizer": optimizer.state_dict(),
         "recorder": recorder.state_dict(),
         "probes": [p.state_dict() for p in probes],
-        "torch_rng": torch.get_rng_state(),
     }
     atomic_save(run.checkpoint, lambda f: torch.save(state, f))
 

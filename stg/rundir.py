@@ -2,7 +2,8 @@
 
 RUN/run.json              config, dataset, task_names, references, status, epochs_done, timings
 RUN/datamap/epoch_NNN.npz confidence, variability, correctness: float32 (T, N_train), cumulative
-RUN/checkpoint.pt         model + optimizer + recorder + RNG state (torch.load weights_only=True)
+RUN/checkpoint.pt         model + optimizer + recorder state (torch.load weights_only=True); the RNG streams
+                          are re-derived from (seed, epoch), so they need no saving
 RUN/groupings/G.json      one grouping
 RUN/groups/G/...          grouped training of grouping G
 """
