@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 from stg.errors import StgError
 
 
-def _positive_int(text: str) -> int:
+def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -36,11 +36,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the dataset (default: ~/.cache/stg/data or $STG_DATA_ROOT)")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing (needs internet)")
     p.add_argument("--tasks", default=None, help="task spec, e.g. 'ovr:all', 'paper15', 'ovr:cat,dog;union:pets=cat,dog;random'")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use at most N training images (stratified; for quick runs)")
+    p.add_argument("--limit", type=_int, default=None, help="use at most N training images (stratified; for quick runs)")
     p.add_argument("--val-fraction", type=_float, default=0.1, help="share of the training set held out for validation (default 0.1)")
 
 
@@ -292,21 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="describe a task set", description=f"Describe a task set. Datasets: {datasets}, or a folder/.npz of your own.")
     p.add_argument("name", help=f"dataset name ({datasets}) or a path to your own data")
-    _add_data_args(p, required=True)
-    p.add_argument("--seed", type=_positive_int, default=0, help="split seed (default 0)")
+    _add_data_args(p)
+    p.add_argument("--seed", type=_int, default=0, help="split seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("datamap", help="train one multi-task model and record data maps", description="Train one multi-task model on all tasks and record per-task data maps into RUN. Re-running on the same --out resumes.")
     p.add_argument("--dataset", default=None, help=f"dataset ({datasets}) or a path; omit to resume --out")
-    _add_data_args(p, required=False)
+    _add_data_args(p)
     p.add_argument("--model", default=None, help="cnn (default), resnet18 or resnet18-cifar")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default 5)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default 128)")
+    p.add_argument("--epochs", type=_int, default=None, help="epochs (default 5)")
+    p.add_argument("--batch-size", type=_int, default=None, help="batch size (default 128)")
     p.add_argument("--lr", type=_float, default=None, help="Adam learning rate (default 1e-3)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument("--seed", type=_positive_int, default=0, help="seed for split, init, shuffling (default 0)")
-    p.add_argument("--ddof", type=_positive_int, default=0, help="variability ddof: 0 = Cartography (default), 1 = official STG-MTL")
+    p.add_argument("--seed", type=_int, default=0, help="seed for split, init, shuffling (default 0)")
+    p.add_argument("--ddof", type=_int, default=0, help="variability ddof: 0 = Cartography (default), 1 = official STG-MTL")
     p.add_argument("--precision", default=None, choices=("auto", "bf16", "fp32"),
                    help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
     p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
@@ -315,20 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("group", help="cluster the tasks of a run", description="Cluster a run's tasks by their data maps; writes RUN/groupings/G.json.")
     p.add_argument("run", help="run directory")
-    p.add_argument("--k", type=_positive_int, required=True, help="number of clusters (2..T)")
+    p.add_argument("--k", type=_int, required=True, help="number of clusters (2..T)")
     p.add_argument("--fuzziness", type=_float, default=1.07, help="fuzziness m > 1 (default 1.07, the paper's)")
     p.add_argument("--method", default="fuzzy-kmeans", help="fuzzy-kmeans (default, the paper's), fcm or kmeans")
-    p.add_argument("--seed", type=_positive_int, default=0)
+    p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--name", default=None, help="grouping name (default from method, k, m)")
     p.add_argument("--epochs", default="last", help="data-map snapshots used as features: last (default), all, or e.g. 2,5")
-    p.add_argument("--projection-dim", type=_positive_int, default=None, help="random projection of the features to this many dims")
+    p.add_argument("--projection-dim", type=_int, default=None, help="random projection of the features to this many dims")
     p.add_argument("--scan", action="store_true", help="also print a k scan with quality indices, the recommended k and the seed stability of --k")
     p.set_defaults(func=cmd_group)
 
     p = sub.add_parser("train-groups", help="train one specialist per cluster against baselines", description="Train one specialist per cluster of grouping G (loss weighted by membership) and baselines under the same budget; evaluate on the test split into RUN/groups/G/metrics.json. Re-running resumes.")
     p.add_argument("run", help="run directory")
     p.add_argument("--grouping", required=True, help="grouping name (see RUN/groupings/)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs per model (default: the data-map run's)")
+    p.add_argument("--epochs", type=_int, default=None, help="epochs per model (default: the data-map run's)")
     p.add_argument("--baselines", default="mtl,random", help="comma list of mtl, random, stl (default mtl,random; '' for none)")
     p.add_argument("--hard", action="store_true", help="use hard (argmax) memberships for the specialists")
     p.add_argument("--executor", default="local", help="local (default) or ray")
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="open the dashboard", description="Start the Streamlit dashboard.")
     p.add_argument("--runs", default="runs", help="folder of run directories (default ./runs)")
-    p.add_argument("--port", type=_positive_int, default=8501)
+    p.add_argument("--port", type=_int, default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
     p.add_argument("--headless", action="store_true", help="do not open a browser")
     p.set_defaults(func=cmd_app)
