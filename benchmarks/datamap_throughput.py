@@ -4,15 +4,19 @@ Measured in one run, on the same data, model, batch size and device:
 - engine:     ``stg.engine.train_datamap`` (recorder on, device-resident data, on-device augmentation,
               one vectorised loss); images/s of its training passes after the first epoch
 - naive:      the official STG-MTL trainer's structure, its model as it runs (fp32, NCHW, torch's
-              ``nn.Dropout``): a Dataset whose ``__getitem__`` builds the label vector with a Python loop over tasks and applies
+              ``nn.Dropout``, the C library's default allocator settings): a Dataset whose
+              ``__getitem__`` builds the label vector with a Python loop over tasks and applies
               per-sample PIL transforms (RandomCrop + RandomHorizontalFlip + ToTensor + Normalize),
               a DataLoader, a Python loop of T ``BCEWithLogitsLoss`` calls, per-batch metric counts
               and ``loss.item()``, and the (T, B) transposed recorder update
 - model-only: forward + backward + Adam on one fixed batch already on the device, in the engine's
-              precision and layout (the ceiling)
+              precision, layout and allocator settings (the ceiling)
 
-Each loop is timed over ``--repeats`` passes and the medians are compared (ratios hold on a noisy
-machine; absolute numbers do not). Prints a table; the last line is ``speedup_vs_naive=<x> fraction_of_model_only=<y>``.
+Each loop runs in its own fresh process (so the engine's process-wide settings, ``stg.hostmem``,
+never reach the naive loop) and is timed over ``--repeats`` passes, taken round-robin one at a time
+so that a machine whose speed drifts slows all three alike; the medians are compared (ratios hold on
+a noisy machine; absolute numbers do not). Prints a table; the last line is
+``speedup_vs_naive=<x> fraction_of_model_only=<y>``.
 
     python benchmarks/datamap_throughput.py --quick            # CPU, a few minutes at most
     python benchmarks/datamap_throughput.py --device cuda --model resnet18 --n 20000
@@ -22,9 +26,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing as mp
 import statistics
 import tempfile
 import time
+from multiprocessing.connection import Connection
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -32,10 +39,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from stg.engine import TrainConfig, autocast, prepare_model, resolve_device, train_datamap
+from stg.engine import Progress, TrainConfig, autocast, prepare_model, resolve_device, train_datamap
 from stg.loss import per_task_loop_bce, weighted_bce
 from stg.models import Dropout, build_model
 from stg.taskset import Split, TaskSet
+
+
+LOOPS = ("engine", "naive", "model_only")
 
 
 def random_taskset(n: int, n_tasks: int, size: int, seed: int = 0) -> TaskSet:
@@ -79,9 +89,14 @@ def official_layers(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, workers: int,
-                       repeats: int) -> list[float]:
-    """Images/s of each of ``repeats`` passes over the data (after two warm-up steps)."""
+Report = Callable[[Optional[float]], None]
+"""Called with None once warmed up, then with each timed pass's images/s; returns when the next
+pass may start."""
+
+
+def naive_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device, workers: int,
+                 repeats: int, report: Report) -> None:
+    """``repeats`` timed passes over the data (after two warm-up steps)."""
     c, size, _ = ts.image_shape
     model = official_layers(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -95,14 +110,17 @@ def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.d
     mean = torch.zeros(t_, n_, device=device)
     m2 = torch.zeros(t_, n_, device=device)
     tp, fp, fn, tn = (torch.zeros(t_, device=device) for _ in range(4))
-    train_loss, rates = 0.0, []
+    train_loss, passes, t0, seen = 0.0, 0, 0.0, 0
     for step, (idx, x, y) in enumerate(itertools.islice(itertools.cycle(loader), 2, None)):
         if step % len(loader) == 0:
             if step:
                 _sync(device)
-                rates.append(seen / (time.perf_counter() - t0))
-            if len(rates) == repeats:
-                return rates
+                report(seen / (time.perf_counter() - t0))
+                passes += 1
+            else:
+                report(None)
+            if passes == repeats:
+                return
             t0, seen = time.perf_counter(), 0
         x, y, idx = x.to(device), y.to(device), idx.to(device)
         z = model(x)
@@ -125,12 +143,11 @@ def naive_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.d
             mean[:, idx] += d / count[:, idx]
             m2[:, idx] += d * (c_ - mean[:, idx])
         seen += len(idx)
-    raise AssertionError("unreachable")
 
 
-def model_only_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, steps: int,
-                            repeats: int) -> list[float]:
-    """Images/s of ``repeats`` chunks of ``steps`` steps on one fixed batch (after three warm-up steps)."""
+def model_only_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device, steps: int,
+                      repeats: int, report: Report) -> None:
+    """``repeats`` timed chunks of ``steps`` steps on one fixed batch (after three warm-up steps)."""
     c, size, _ = ts.image_shape
     model = prepare_model(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks), device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -138,14 +155,11 @@ def model_only_images_per_s(ts: TaskSet, model_name: str, batch: int, device: to
     y = ts.train.labels[:batch].to(device)
     pw = ts.pos_weight.to(device)
     ones = torch.ones_like(pw)
-    rates = []
-    for i in range(3 + steps * repeats + 1):
+    t0 = 0.0
+    for i in range(3 + steps * repeats):
         if i >= 3 and (i - 3) % steps == 0:
             _sync(device)
-            if i > 3:
-                rates.append(steps * batch / (time.perf_counter() - t0))
-            if len(rates) == repeats:
-                return rates
+            report(steps * batch / (time.perf_counter() - t0) if i > 3 else None)
             t0 = time.perf_counter()
         with autocast(device):
             z = model(x)
@@ -153,15 +167,63 @@ def model_only_images_per_s(ts: TaskSet, model_name: str, batch: int, device: to
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    raise AssertionError("unreachable")
+    _sync(device)
+    report(steps * batch / (time.perf_counter() - t0))
 
 
-def engine_images_per_s(ts: TaskSet, model_name: str, batch: int, device: torch.device, repeats: int) -> list[float]:
-    """Images/s of the training pass of epochs 2 .. repeats + 1 (epoch 1 is warm-up)."""
+def engine_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device, repeats: int,
+                  report: Report) -> None:
+    """The training passes of epochs 2 .. repeats + 1 (epoch 1 is warm-up), as the engine times them."""
+
+    def on_event(p: Progress) -> None:
+        if p.kind == "epoch":
+            report(p.images_per_s if p.epoch > 1 else None)
+
     with tempfile.TemporaryDirectory() as tmp:
-        meta = train_datamap(ts, TrainConfig(model=model_name, epochs=repeats + 1, batch_size=batch,
-                                             device=str(device)), f"{tmp}/run")
-    return [float(h["images_per_s"]) for h in meta["history"][1:]]
+        train_datamap(ts, TrainConfig(model=model_name, epochs=repeats + 1, batch_size=batch, device=str(device)),
+                      f"{tmp}/run", on_event=on_event)
+
+
+def _worker(conn: Connection, loop: str, args: argparse.Namespace, n: int) -> None:
+    """One loop in a fresh process: it waits for "go" before every timed pass and sends back its rate."""
+
+    def report(rate: float | None) -> None:
+        conn.send(rate)
+        conn.recv()
+
+    device = resolve_device(args.device)
+    ts = random_taskset(n, args.tasks, 32)
+    if loop == "engine":
+        engine_passes(ts, args.model, args.batch_size, device, args.repeats, report)
+    elif loop == "naive":
+        naive_passes(ts, args.model, args.batch_size, device, args.workers, args.repeats, report)
+    else:
+        steps = max(4, n // args.batch_size // 2)
+        model_only_passes(ts, args.model, args.batch_size, device, steps, args.repeats, report)
+
+
+def interleaved_rates(args: argparse.Namespace, n: int) -> dict[str, list[float]]:
+    """Each loop in its own fresh process, warmed up one after another; then their timed passes in
+    round-robin, one at a time, so a machine whose speed drifts slows all three alike."""
+    ctx = mp.get_context("spawn")
+    procs, conns = {}, {}
+    for loop in LOOPS:
+        conns[loop], child = ctx.Pipe()
+        procs[loop] = ctx.Process(target=_worker, args=(child, loop, args, n), daemon=True)
+        procs[loop].start()
+        if conns[loop].recv() is not None:
+            raise RuntimeError(f"{loop}: expected a warm-up report first")
+    rates: dict[str, list[float]] = {loop: [] for loop in LOOPS}
+    for _ in range(args.repeats):
+        for loop in LOOPS:
+            conns[loop].send("go")
+            rates[loop].append(float(conns[loop].recv()))
+    for loop in LOOPS:
+        conns[loop].send("go")
+        procs[loop].join(timeout=120)
+        if procs[loop].exitcode != 0:
+            raise RuntimeError(f"{loop} loop exited with {procs[loop].exitcode}")
+    return rates
 
 
 def _sync(device: torch.device) -> None:
@@ -182,15 +244,13 @@ def main() -> None:
     args = ap.parse_args()
     device = resolve_device(args.device)
     n = args.n or (3072 if args.quick else 20000)
-    ts = random_taskset(n, args.tasks, 32)
-    repeats = args.repeats
+    rates = interleaved_rates(args, n)
     rows = [
-        ("engine (recorder on)", engine_images_per_s(ts, args.model, args.batch_size, device, repeats)),
-        (f"naive official-style loop ({args.workers} workers)",
-         naive_images_per_s(ts, args.model, args.batch_size, device, args.workers, repeats)),
-        ("model-only step", model_only_images_per_s(ts, args.model, args.batch_size, device,
-                                                    max(4, n // args.batch_size // 2), repeats)),
+        ("engine (recorder on)", rates["engine"]),
+        (f"naive official-style loop ({args.workers} workers)", rates["naive"]),
+        ("model-only step", rates["model_only"]),
     ]
+    repeats = args.repeats
     print(f"device={device} model={args.model} tasks={args.tasks} images={n} batch={args.batch_size} "
           f"threads={torch.get_num_threads()} repeats={repeats} (median, min-max)")
     print(f"{'loop':<40} {'img/s':>10} {'range':>17}")

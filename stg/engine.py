@@ -28,6 +28,7 @@ from torch import nn
 from stg import __version__
 from stg.augment import crop_flip
 from stg.datamap import DataMapRecorder
+from stg.hostmem import retain_freed_memory
 from stg.errors import StgError
 from stg.loss import weighted_bce
 from stg.models import MODEL_NAMES, build_model
@@ -187,7 +188,10 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to ``device`` in channels_last layout (faster convolutions on CUDA and oneDNN CPUs)."""
+    """Move to ``device`` in channels_last layout (faster convolutions on CUDA and oneDNN CPUs).
+    On CPU, also keep freed activation memory in the process (``stg.hostmem``)."""
+    if device.type == "cpu":
+        retain_freed_memory()
     return model.to(device).to(memory_format=torch.channels_last)
 
 

@@ -33,13 +33,13 @@ class PaperCNN(nn.Module):
     def __init__(self, in_channels: int, size: int, n_tasks: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 32, 5), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
         )
         side = ((size - 4) // 2) // 2
         self.head = nn.Sequential(
-            nn.Flatten(), Dropout(0.2), nn.Linear(64 * side * side, 128), nn.ReLU(inplace=True),
+            nn.Flatten(), Dropout(0.2), nn.Linear(64 * side * side, 128), nn.ReLU(),
             Dropout(0.2), nn.Linear(128, n_tasks),
         )
 
