@@ -4,7 +4,8 @@ Measured in one run, on the same data, model, batch size and device:
 - engine:     ``stg.engine.train_datamap`` (recorder on, device-resident data, on-device augmentation,
               one vectorised loss); images/s of its training passes after the first epoch
 - naive:      the official STG-MTL trainer's structure, its model as it runs (fp32, NCHW, torch's
-              ``nn.Dropout``, the C library's default allocator settings): a Dataset whose
+              ``nn.Dropout``, ReLU before max-pool, the C library's default allocator settings):
+              a Dataset whose
               ``__getitem__`` builds the label vector with a Python loop over tasks and applies
               per-sample PIL transforms (RandomCrop + RandomHorizontalFlip + ToTensor + Normalize),
               a DataLoader, a Python loop of T ``BCEWithLogitsLoss`` calls, per-batch metric counts
@@ -80,12 +81,19 @@ class OfficialStyleDataset(Dataset):
 
 
 def official_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """The official model as it runs: fp32, NCHW, and torch's own ``nn.Dropout`` (stg swaps in a
-    faster mask for it)."""
+    """The official model as it runs: fp32, NCHW, torch's own ``nn.Dropout`` (stg swaps in a
+    faster mask for it), and ReLU before max-pool (stg pools first, an exact identity)."""
     for parent in model.modules():
         for name, child in parent.named_children():
             if isinstance(child, Dropout):
                 setattr(parent, name, torch.nn.Dropout(child.p))
+        if isinstance(parent, torch.nn.Sequential):
+            layers = list(parent)
+            for i in range(len(layers) - 1):
+                if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
+                    layers[i], layers[i + 1] = layers[i + 1], layers[i]
+            for i, layer in enumerate(layers):
+                parent[i] = layer
     return model
 
 

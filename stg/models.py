@@ -19,7 +19,7 @@ class Dropout(nn.Dropout):
         if not self.training or self.p == 0:
             return x
         keep = torch.rand(x.shape, device=x.device) >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))  # one multiply forward and backward
 
 
 class PaperCNN(nn.Module):
@@ -28,14 +28,19 @@ class PaperCNN(nn.Module):
     conv5x5(C->32, no pad)-BN-ReLU-maxpool2 -> conv3x3(32->64)-BN-ReLU -> conv3x3(64->64)-BN-ReLU
     -> maxpool2 -> flatten -> dropout 0.2 -> linear(->128)-ReLU -> dropout 0.2 -> linear(128->T).
     Input (B, C, H, W) float; output (B, T) logits.
+
+    Each ReLU-then-max-pool runs as max-pool-then-ReLU: ReLU is monotone, so
+    max(relu(a), relu(b)) = relu(max(a, b)) exactly, and both orders route the gradient to the same
+    element (tested). The ReLU then touches a quarter of the values. ReLUs are out of place: in-place
+    ReLU on bf16 channels_last tensors is several times slower on oneDNN CPUs.
     """
 
     def __init__(self, in_channels: int, size: int, n_tasks: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 32, 5), nn.BatchNorm2d(32), nn.MaxPool2d(2), nn.ReLU(),
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.MaxPool2d(2), nn.ReLU(),
         )
         side = ((size - 4) // 2) // 2
         self.head = nn.Sequential(

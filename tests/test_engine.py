@@ -271,3 +271,49 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(tmp_pa
         proc.wait()
     meta = train_datamap(tiny_taskset(n_train=160), TrainConfig(epochs=5, batch_size=16), out)
     assert meta["status"] == "done" and meta["epochs_done"] == 5
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_paper_cnn_pooling_before_relu_equals_the_papers_order(bf16: bool) -> None:
+    """PaperCNN runs max-pool then ReLU; the paper's ReLU then max-pool gives bitwise the same
+    logits and parameter gradients (ties included: bf16 activations and integer images have many)."""
+    import copy
+
+    from stg.models import PaperCNN
+
+    torch.manual_seed(0)
+    model = PaperCNN(3, 16, 5).to(memory_format=torch.channels_last)
+    ref = copy.deepcopy(model)
+    f = ref.features
+    assert [type(f[i]).__name__ for i in (2, 3, 9, 10)] == ["MaxPool2d", "ReLU", "MaxPool2d", "ReLU"]
+    ref.features = torch.nn.Sequential(f[0], f[1], f[3], f[2], *f[4:9], f[10], f[9])  # the paper's order
+    x = torch.randint(-3, 4, (64, 3, 16, 16)).float().contiguous(memory_format=torch.channels_last)
+    results = []
+    for net in (model, ref):
+        torch.manual_seed(1)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            z = net(x)
+        z.float().sin().sum().backward()
+        results.append((z, [p.grad for p in net.parameters()]))
+    (z, grads), (z_ref, grads_ref) = results
+    assert torch.equal(z, z_ref)
+    assert all(torch.equal(g, r) for g, r in zip(grads, grads_ref))
+    assert any(bool((g != 0).any()) for g in grads[:2]), "gradients reach the first conv"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_matches_torch_dropout_in_distribution(dtype: torch.dtype) -> None:
+    from stg.models import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.2)
+    x = (torch.rand(1000, 1000) + 0.5).to(dtype).requires_grad_()
+    out = drop(x)
+    kept = out != 0
+    assert out.dtype == dtype
+    assert abs(1 - float(kept.float().mean()) - 0.2) < 0.002  # 5 sigma for 10^6 draws
+    assert torch.equal(out[kept], (x[kept] * 1.25).detach())  # 1 / (1 - p), exact in both dtypes
+    out.sum().backward()
+    assert torch.equal(x.grad, kept.to(dtype) * 1.25)
+    drop.eval()
+    assert drop(x) is x
