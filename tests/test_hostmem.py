@@ -25,12 +25,12 @@ def step():
     opt.zero_grad()
     loss.backward()
     opt.step()
-for _ in range(3):
+for _ in range(6):  # the heap settles within a few steps
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(12):
     step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 12)
 """
 
 
@@ -44,4 +44,4 @@ def test_cpu_training_keeps_its_activation_memory():
     assert retain_freed_memory() and retain_freed_memory()  # applied, and idempotent
     default, retained = _faults_per_step("default"), _faults_per_step("retained")
     # glibc's defaults return each step's multi-MiB buffers to the OS and fault them in again
-    assert retained < default / 3, (retained, default)
+    assert retained < default / 4, (retained, default)
