@@ -460,8 +460,8 @@ def _run_epoch(
             emit(Progress("step", epoch, config.epochs, step0 + done, total_steps, loss=float(loss.detach()),
                           images_per_s=rate, eta_s=remaining))
             last_event = now
-    seconds = time.monotonic() - t0
-    return float(loss_sum) / len(train), seconds
+    mean_loss = float(loss_sum) / len(train)  # waits for the device: the timing covers all the work
+    return mean_loss, time.monotonic() - t0
 
 
 def _save_checkpoint(run: RunDir, model, optimizer, recorder, probes: Sequence[Probe], epoch: int) -> None:

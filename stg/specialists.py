@@ -349,9 +349,9 @@ def train_ensemble(
                 emit(Progress("step", epoch, epochs, step0 + i + 1, total, loss=float(losses.detach().mean()),
                               images_per_s=rate, message=label))
                 last = now
+        per_model = (loss_sum / n).tolist()  # waits for the device: the timing covers all the work
         took = time.monotonic() - t0
         seconds += took
-        per_model = (loss_sum / n).tolist()
         history.append({"epoch": epoch, "loss": per_model, "seconds": round(took, 3),
                         "images_per_s": round(n / took, 1)})
         if checkpoint is not None:
