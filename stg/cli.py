@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, default=0, help="seed for split, init, shuffling (default 0)")
     p.add_argument("--ddof", type=_int, default=0, help="variability ddof: 0 = Cartography (default), 1 = official STG-MTL")
     p.add_argument("--precision", default=None, choices=("auto", "bf16", "fp32"),
-                   help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
+                   help="auto (default): bf16 autocast on GPUs and CPUs with native bf16, else fp32")
     p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=cmd_datamap)

@@ -13,6 +13,7 @@ last finished epoch continues exactly as an uninterrupted run would (bitwise on 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import platform
 import threading
@@ -172,12 +173,18 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 
 def use_bf16(device: torch.device, precision: str = "auto") -> bool:
-    """bf16 autocast: on CUDA, and on CPUs with native bf16 units (AMX or AVX512-BF16), where it
-    doubles the paper CNN's training rate; plain fp32 elsewhere (emulated bf16 would be slower)."""
+    """bf16 autocast: on GPUs with native bf16 (NVIDIA compute capability 8.0 and up, ROCm), and on
+    CPUs with native bf16 units (AMX or AVX512-BF16), where it doubles the paper CNN's training rate;
+    plain fp32 elsewhere (emulated bf16 would be slower)."""
     if precision != "auto":
         return precision == "bf16"
+    return _native_bf16(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
-        return True
+        return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
     cpu = getattr(torch, "cpu", None)
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return device.type == "cpu" and any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
