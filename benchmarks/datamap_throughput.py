@@ -215,23 +215,29 @@ def interleaved_rates(args: argparse.Namespace, n: int) -> dict[str, list[float]
     round-robin, one at a time, so a machine whose speed drifts slows all three alike."""
     ctx = mp.get_context("spawn")
     procs, conns = {}, {}
-    for loop in LOOPS:
-        conns[loop], child = ctx.Pipe()
-        procs[loop] = ctx.Process(target=_worker, args=(child, loop, args, n), daemon=True)
-        procs[loop].start()
-        if conns[loop].recv() is not None:
-            raise RuntimeError(f"{loop}: expected a warm-up report first")
-    rates: dict[str, list[float]] = {loop: [] for loop in LOOPS}
-    for _ in range(args.repeats):
+    try:
+        for loop in LOOPS:
+            conns[loop], child = ctx.Pipe()
+            # not daemonic: the naive loop's DataLoader may start worker processes of its own
+            procs[loop] = ctx.Process(target=_worker, args=(child, loop, args, n))
+            procs[loop].start()
+            if conns[loop].recv() is not None:
+                raise RuntimeError(f"{loop}: expected a warm-up report first")
+        rates: dict[str, list[float]] = {loop: [] for loop in LOOPS}
+        for _ in range(args.repeats):
+            for loop in LOOPS:
+                conns[loop].send("go")
+                rates[loop].append(float(conns[loop].recv()))
         for loop in LOOPS:
             conns[loop].send("go")
-            rates[loop].append(float(conns[loop].recv()))
-    for loop in LOOPS:
-        conns[loop].send("go")
-        procs[loop].join(timeout=120)
-        if procs[loop].exitcode != 0:
-            raise RuntimeError(f"{loop} loop exited with {procs[loop].exitcode}")
-    return rates
+            procs[loop].join(timeout=120)
+            if procs[loop].exitcode != 0:
+                raise RuntimeError(f"{loop} loop exited with {procs[loop].exitcode}")
+        return rates
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()
 
 
 def _sync(device: torch.device) -> None:
