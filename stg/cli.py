@@ -75,7 +75,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 class _Bar:
-    """A tqdm progress bar fed by engine events; created at the first 'start' event."""
+    """A tqdm progress bar fed by engine events, created at the first 'start' event, plus one line
+    per epoch."""
 
     bar: Any = None
 
@@ -85,7 +86,9 @@ class _Bar:
         if p.kind == "start":
             if self.bar is not None:
                 self.bar.close()
-            self.bar = tqdm(total=p.steps, initial=p.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+            # a live bar on a terminal; in a log file only the line-per-epoch messages (no redraws)
+            self.bar = tqdm(total=p.steps, initial=p.step, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            disable=not sys.stderr.isatty())
             self.bar.write(p.message, file=sys.stderr)
             return
         if self.bar is None:

@@ -99,9 +99,18 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def fashion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "fashion"
-    stg("datamap", "--dataset", "fashion-sample", "--tasks", "composite", "--epochs", "4", "--device", "cpu",
-        "--out", str(out))
+    proc = stg("datamap", "--dataset", "fashion-sample", "--tasks", "composite", "--epochs", "4", "--device", "cpu",
+               "--out", str(out))
+    (out.parent / "stderr.txt").write_text(proc.stderr)
     return out
+
+
+def test_progress_in_a_log_file_is_one_line_per_epoch(fashion_run: Path) -> None:
+    log = (fashion_run.parent / "stderr.txt").read_text()
+    assert "step/s" not in log, "no progress-bar redraws when stderr is not a terminal"
+    epochs = [line for line in log.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [f"epoch {e}/4" for e in (1, 2, 3, 4)], log
+    assert all("img/s" in line for line in epochs)
 
 
 def test_datamap_writes_the_run_contract(fashion_run: Path) -> None:
