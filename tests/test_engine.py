@@ -75,7 +75,7 @@ class ConfidenceLog:
     def on_step(self, info: StepInfo) -> None:
         store = self.per_epoch.setdefault(info.epoch, np.full((self.t, self.n), np.nan))
         c = DataMapRecorder.confidence(info.logits, info.targets)
-        store[:, info.index.numpy()] = c.t().double().numpy()
+        store[:, info.index.cpu().numpy()] = c.t().double().cpu().numpy()
 
     def state_dict(self) -> dict:
         return {}
