@@ -42,7 +42,7 @@ from torchvision import transforms
 
 from stg.engine import Progress, TrainConfig, autocast, prepare_model, resolve_device, train_datamap
 from stg.loss import per_task_loop_bce, weighted_bce
-from stg.models import Dropout, build_model
+from stg.models import BatchNorm2d, Dropout, build_model
 from stg.taskset import Split, TaskSet
 
 
@@ -81,12 +81,15 @@ class OfficialStyleDataset(Dataset):
 
 
 def official_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """The official model as it runs: fp32, NCHW, torch's own ``nn.Dropout`` (stg swaps in a
-    faster mask for it), and ReLU before max-pool (stg pools first, an exact identity)."""
+    """The official model as it runs: fp32, NCHW, torch's own ``nn.Dropout`` and ``nn.BatchNorm2d``
+    (stg swaps in a faster mask, and a matrix-shaped batch norm on CPU), and ReLU before max-pool
+    (stg pools first, an exact identity)."""
     for parent in model.modules():
         for name, child in parent.named_children():
             if isinstance(child, Dropout):
                 setattr(parent, name, torch.nn.Dropout(child.p))
+            elif isinstance(child, BatchNorm2d):
+                setattr(parent, name, torch.nn.BatchNorm2d(child.num_features))
         if isinstance(parent, torch.nn.Sequential):
             layers = list(parent)
             for i in range(len(layers) - 1):

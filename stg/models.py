@@ -22,6 +22,24 @@ class Dropout(nn.Dropout):
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))  # one multiply forward and backward
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that, on CPU, normalises a channels_last batch (B, C, H, W) as the
+    (B*H*W, C) matrix it already is in memory: the same statistics and running averages, and ATen's
+    2-D kernels are 1.3-1.7x faster than its 4-D channels_last ones for bf16 activations with
+    fp32 parameters. Other inputs (CUDA, NCHW) take the usual path."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (2, 4):
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        b, c, h, w = x.shape
+        y = super().forward(x.permute(0, 2, 3, 1).reshape(b * h * w, c))  # a view: no copy
+        return y.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
 class PaperCNN(nn.Module):
     """STG-MTL's ``CUSTOM_1`` network, sized from the input.
 
@@ -38,9 +56,9 @@ class PaperCNN(nn.Module):
     def __init__(self, in_channels: int, size: int, n_tasks: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5), nn.BatchNorm2d(32), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 5), BatchNorm2d(32), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), BatchNorm2d(64), nn.MaxPool2d(2), nn.ReLU(),
         )
         side = ((size - 4) // 2) // 2
         self.head = nn.Sequential(

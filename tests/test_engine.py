@@ -317,3 +317,39 @@ def test_dropout_matches_torch_dropout_in_distribution(dtype: torch.dtype) -> No
     assert torch.equal(x.grad, kept.to(dtype) * 1.25)
     drop.eval()
     assert drop(x) is x
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_batchnorm_as_a_matrix_equals_torch_batchnorm(bf16: bool) -> None:
+    """stg's BatchNorm2d (channels_last batches normalised as (B*H*W, C) matrices on CPU) against
+    torch's: outputs, input and parameter gradients, running statistics, in training and eval."""
+    from stg.models import BatchNorm2d
+
+    torch.manual_seed(0)
+    ours, ref = BatchNorm2d(6), torch.nn.BatchNorm2d(6)
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.weight.copy_(torch.linspace(0.5, 2.0, 6))
+            m.bias.copy_(torch.linspace(-1.0, 1.0, 6))
+    x = (torch.randn(8, 6, 5, 7) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(8, 6, 5, 7)
+    tol = dict(atol=2e-2, rtol=2e-2) if bf16 else dict(atol=1e-5, rtol=1e-5)
+    outs = []
+    for m in (ours, ref):
+        xi = x.clone().requires_grad_(True)
+        for _ in range(2):  # running statistics move twice
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = m(xi)
+        (y.float() * g).sum().backward()
+        outs.append((y, xi.grad, m.weight.grad, m.bias.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+    assert outs[0][0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.running_var, ref.running_var, atol=1e-5, rtol=1e-5)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+    ours.eval()
+    ref.eval()
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="4D"):
+        ours(torch.zeros(2, 6, 3))
