@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of sequential + concurrent; medians shown")
     p.add_argument("--mode", default="auto", help="ensemble mode: auto (stg's choice for the device), wide, vmap, loop")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
@@ -113,13 +114,21 @@ def main(argv: list[str] | None = None) -> None:
     w = torch.rand(args.tasks, args.k, generator=torch.Generator().manual_seed(3))
     w = (w / w.sum(1, keepdim=True)).to(device)
 
-    # "one" is the median of the k standalone runs (robust to the first run's warm-up)
-    per_model = [time_one(args.model, c, data, index, w[:, c], pos_weight, warmup) for c in range(args.k)]
-    seq, one = sum(per_model), statistics.median(per_model)
-    conc, kind = time_concurrent(args.model, args.k, data, index, w, pos_weight, warmup, args.mode)
+    # rounds of (k standalone models one after another, then the k concurrently), so a machine whose
+    # speed drifts slows both alike; "one" is the median standalone run (robust to warm-up)
+    ones, seqs, concs = [], [], []
+    for _ in range(args.repeats):
+        per_model = [time_one(args.model, c, data, index, w[:, c], pos_weight, warmup) for c in range(args.k)]
+        conc, kind = time_concurrent(args.model, args.k, data, index, w, pos_weight, warmup, args.mode)
+        ones.append(statistics.median(per_model))
+        seqs.append(sum(per_model))
+        concs.append(conc)
+    one, seq, conc = statistics.median(ones), statistics.median(seqs), statistics.median(concs)
+    ratios = sorted(s / c for s, c in zip(seqs, concs))
 
     print(f"device={device} model={args.model} k={args.k} tasks={args.tasks} batch={batch} steps={steps} "
-          f"threads={torch.get_num_threads()} concurrent={kind}")
+          f"threads={torch.get_num_threads()} concurrent={kind} repeats={args.repeats} (medians; "
+          f"sequential/concurrent per round {', '.join(f'{r:.2f}' for r in ratios)})")
     print(f"{'mode':<12}{'models':>8}{'seconds':>10}{'model-img/s':>14}{'vs one':>9}")
     for name, models, secs in (("one", 1, one), ("sequential", args.k, seq), ("concurrent", args.k, conc)):
         rate = models * steps * batch / secs
