@@ -197,7 +197,8 @@ def test_bad_config_is_a_one_line_error(tmp_path: Path, kwargs: dict, message: s
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
+def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on GPU machines
     with pytest.raises(StgError, match="no CUDA GPU"):
         train_datamap(tiny_taskset(), TrainConfig(device="cuda", batch_size=16), tmp_path / "r")
 
@@ -234,17 +235,20 @@ def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"garbage"
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU and STG_TEST_CUDA=1"))])
 @pytest.mark.parametrize("pad", [1, 4])
-def test_crop_flip_matches_a_per_image_reference(pad: int) -> None:
+def test_crop_flip_matches_a_per_image_reference(pad: int, device: str) -> None:
     from stg.augment import crop_flip
 
     b, h, w, c = 32, 9, 7, 3
     images = torch.randint(0, 256, (b, h, w, c), dtype=torch.uint8, generator=torch.Generator().manual_seed(pad))
-    out = crop_flip(images, pad=pad, generator=torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(1)  # the same draws, in the same order
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    mirror = torch.rand((b,), generator=g) < 0.5
+    images = images.to(device)
+    out = crop_flip(images, pad=pad, generator=torch.Generator(device).manual_seed(1))
+    g = torch.Generator(device).manual_seed(1)  # the same draws, in the same order
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=device)
+    mirror = torch.rand((b,), generator=g, device=device) < 0.5
     padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (pad, pad, pad, pad))
     for i in range(b):
         crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
