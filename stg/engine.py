@@ -29,8 +29,8 @@ from torch import nn
 from stg import __version__
 from stg.augment import crop_flip
 from stg.datamap import DataMapRecorder
-from stg.hostmem import retain_freed_memory
 from stg.errors import StgError
+from stg.hostmem import retain_freed_memory
 from stg.loss import weighted_bce
 from stg.models import MODEL_NAMES, build_model
 from stg.rundir import LOCK_NAME, RunDir, atomic_save, exclusive

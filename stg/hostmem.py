@@ -8,10 +8,10 @@ traffic costs 15-20% of a CPU step (measured on a 2-core Xeon: 89-103 ms a step 
 75-80 ms with the settings below).
 
 ``retain_freed_memory`` raises the mmap threshold to glibc's ceiling (32 MiB on 64-bit) and the
-trim threshold to 2 GiB, which is what Intel's tuning guide gets from jemalloc or tcmalloc, without
-an ``LD_PRELOAD``. The process keeps its peak working set instead of returning it; blocks above
-32 MiB are still mapped per allocation. Process-wide and idempotent; a no-op where the C library
-has no ``mallopt`` (macOS, Windows, musl).
+trim threshold to 2 GiB: the effect CPU tuning guides for PyTorch get by preloading jemalloc or
+tcmalloc, without an ``LD_PRELOAD``. The process keeps its peak working set instead of returning
+it; blocks above 32 MiB are still mapped per allocation. Process-wide and idempotent; a no-op
+where the C library has no ``mallopt`` (macOS, Windows, musl).
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ class PaperCNN(nn.Module):
 
     Each ReLU-then-max-pool runs as max-pool-then-ReLU: ReLU is monotone, so
     max(relu(a), relu(b)) = relu(max(a, b)) exactly, and both orders route the gradient to the same
-    element (tested). The ReLU then touches a quarter of the values. ReLUs are out of place: in-place
-    ReLU on bf16 channels_last tensors is several times slower on oneDNN CPUs.
+    element (tested). The ReLU then touches a quarter of the values. ReLUs are out of place: ATen's
+    in-place ReLU on bf16 channels_last tensors is several times slower on CPU.
     """
 
     def __init__(self, in_channels: int, size: int, n_tasks: int):

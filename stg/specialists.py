@@ -69,9 +69,11 @@ class WideCNN(Ensemble):
         super().__init__()
         self.k = k
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, k * 32, 5), nn.BatchNorm2d(k * 32), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(k * 32, k * 64, 3, padding=1, groups=k), nn.BatchNorm2d(k * 64), nn.ReLU(),
-            nn.Conv2d(k * 64, k * 64, 3, padding=1, groups=k), nn.BatchNorm2d(k * 64), nn.MaxPool2d(2), nn.ReLU(),
+            # the PaperCNN layer order (pool before ReLU); in-place ReLUs: this model is for CUDA
+            nn.Conv2d(in_channels, k * 32, 5), nn.BatchNorm2d(k * 32), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+            nn.Conv2d(k * 32, k * 64, 3, padding=1, groups=k), nn.BatchNorm2d(k * 64), nn.ReLU(inplace=True),
+            nn.Conv2d(k * 64, k * 64, 3, padding=1, groups=k), nn.BatchNorm2d(k * 64), nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
         )
         side = ((size - 4) // 2) // 2
         self.flat = 64 * side * side
