@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from stg.engine import Progress, TrainConfig, autocast, prepare_model, resolve_device, train_datamap
+from stg.engine import Progress, TrainConfig, adam, autocast, prepare_model, resolve_device, train_datamap
 from stg.loss import per_task_loop_bce, weighted_bce
 from stg.models import BatchNorm2d, Dropout, build_model
 from stg.taskset import Split, TaskSet
@@ -161,7 +161,7 @@ def model_only_passes(ts: TaskSet, model_name: str, batch: int, device: torch.de
     """``repeats`` timed chunks of ``steps`` steps on one fixed batch (after three warm-up steps)."""
     c, size, _ = ts.image_shape
     model = prepare_model(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks), device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = adam(model.parameters(), 1e-3)
     x = torch.randn(batch, c, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = ts.train.labels[:batch].to(device)
     pw = ts.pos_weight.to(device)

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from stg.engine import DeviceData, autocast, channel_stats, epoch_batches, prepare_model, resolve_device
+from stg.engine import DeviceData, adam, autocast, channel_stats, epoch_batches, prepare_model, resolve_device
 from stg.loss import weighted_bce
 from stg.models import MODEL_NAMES, build_model
 from stg.specialists import build_ensemble, ensemble_loss, to_device
@@ -54,7 +54,7 @@ def batches(data: DeviceData, steps: int, batch_size: int) -> list[torch.Tensor]
 
 def time_steps(module: torch.nn.Module, loss_fn, data: DeviceData, index: list[torch.Tensor], warmup: int) -> float:
     """Seconds for len(index) Adam steps of ``module`` on ``loss_fn(logits, y)`` (after ``warmup`` untimed steps)."""
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    opt = adam(module.parameters(), 1e-3)
     g = torch.Generator(device=data.device).manual_seed(2)
     t0 = 0.0
     for i, idx in enumerate(index[:warmup] + index):

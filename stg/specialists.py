@@ -36,7 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stg.engine import DeviceData, Progress, autocast, epoch_batches, epoch_generator, predict_logits, prepare_model
+from stg.engine import (
+    DeviceData,
+    Progress,
+    adam,
+    autocast,
+    epoch_batches,
+    epoch_generator,
+    predict_logits,
+    prepare_model,
+)
 from stg.errors import StgError
 from stg.models import Dropout, PaperCNN, build_model
 from stg.rundir import atomic_save
@@ -309,7 +318,7 @@ def train_ensemble(
     weights = weights.to(device=device, dtype=pos_weight.dtype)
     if weights.shape != (pos_weight.shape[0], ensemble.k):
         raise ValueError(f"weights must be (T, k) = ({pos_weight.shape[0]}, {ensemble.k}), got {tuple(weights.shape)}")
-    optimizer = torch.optim.Adam(ensemble.parameters(), lr=lr)
+    optimizer = adam(ensemble.parameters(), lr)
     ident = json.dumps(identity or {}, sort_keys=True)
     start_epoch, history, seconds = 0, [], 0.0
     if checkpoint is not None and checkpoint.is_file():
