@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+from typing import Callable
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -34,17 +35,20 @@ def retain_freed_memory() -> bool:
     global _applied
     with _lock:
         if _applied is None:
-            _applied = _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and _mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            mallopt = _mallopt()
+            _applied = mallopt is not None and all(
+                mallopt(param, value) == 1
+                for param, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            )
         return _applied
 
 
-def _mallopt(param: int, value: int) -> bool:
-    name = ctypes.util.find_library("c")
+def _mallopt() -> Callable[[int, int], int] | None:
+    """The C library's ``mallopt``, or None where there is none."""
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
-        return False
+        return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return mallopt(param, value) == 1
+    return mallopt
