@@ -4,9 +4,9 @@ Measured in one run, on the same data, model, batch size and device:
 - engine:     ``stg.engine.train_datamap`` (recorder on, device-resident data, on-device augmentation,
               one vectorised loss); images/s of its training passes after the first epoch
 - naive:      the official STG-MTL trainer's structure, its model as it runs (fp32, NCHW, torch's
-              ``nn.Dropout``, ReLU before max-pool, the C library's default allocator settings):
-              a Dataset whose
-              ``__getitem__`` builds the label vector with a Python loop over tasks and applies
+              ``nn.Dropout`` and ``nn.BatchNorm2d``, ReLU before max-pool, torch's default Adam, the
+              C library's default allocator settings): a Dataset whose ``__getitem__`` builds the
+              label vector with a Python loop over tasks and applies
               per-sample PIL transforms (RandomCrop + RandomHorizontalFlip + ToTensor + Normalize),
               a DataLoader, a Python loop of T ``BCEWithLogitsLoss`` calls, per-batch metric counts
               and ``loss.item()``, and the (T, B) transposed recorder update
@@ -91,12 +91,9 @@ def official_layers(model: torch.nn.Module) -> torch.nn.Module:
             elif isinstance(child, BatchNorm2d):
                 setattr(parent, name, torch.nn.BatchNorm2d(child.num_features))
         if isinstance(parent, torch.nn.Sequential):
-            layers = list(parent)
-            for i in range(len(layers) - 1):
-                if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
-                    layers[i], layers[i + 1] = layers[i + 1], layers[i]
-            for i, layer in enumerate(layers):
-                parent[i] = layer
+            for i in range(len(parent) - 1):
+                if isinstance(parent[i], torch.nn.MaxPool2d) and isinstance(parent[i + 1], torch.nn.ReLU):
+                    parent[i], parent[i + 1] = parent[i + 1], parent[i]
     return model
 
 
