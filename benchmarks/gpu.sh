@@ -9,7 +9,7 @@ set -euo pipefail
 PY=${1:-.venv/bin/python}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-STG_TEST_CUDA=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_engine.py -k "cuda or crop_flip"
+STG_TEST_CUDA=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_engine.py tests/test_groups.py -k "cuda"
 # ResNet-18, 100 tasks, batch 256: against the official structure with its default 0 loader
 # workers and with 8 (the stronger baseline)
 "$PY" benchmarks/datamap_throughput.py --device cuda --model resnet18 --n 20000 --workers 8

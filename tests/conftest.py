@@ -8,4 +8,9 @@ from pathlib import Path
 if os.environ.get("STG_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+import torch  # noqa: E402  (after the GPU is hidden)
+
+# float32 comparisons keep float32 tolerances on a GPU too
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -19,19 +19,20 @@ from stg.engine import StepInfo, TrainConfig, train_datamap
 from stg.errors import StgError
 from stg.loss import per_task_loop_bce, weighted_bce
 from stg.rundir import RunDir
-from tiny import tiny_taskset
+from tiny import CPU_AND_CUDA, tiny_taskset
 
 HERE = Path(__file__).resolve().parent
 
 
+@CPU_AND_CUDA
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_vectorised_loss_equals_per_task_loop(seed: int) -> None:
+def test_vectorised_loss_equals_per_task_loop(seed: int, device: str) -> None:
     g = torch.Generator().manual_seed(seed)
     b, t = 37, 23
-    logits = torch.randn(b, t, generator=g, dtype=torch.float64) * 4
-    targets = (torch.rand(b, t, generator=g) < 0.3).double()
-    pos_weight = torch.rand(t, generator=g, dtype=torch.float64) * 20 + 0.1
-    weights = torch.rand(t, generator=g, dtype=torch.float64)
+    logits = (torch.randn(b, t, generator=g, dtype=torch.float64) * 4).to(device)
+    targets = (torch.rand(b, t, generator=g) < 0.3).double().to(device)
+    pos_weight = (torch.rand(t, generator=g, dtype=torch.float64) * 20 + 0.1).to(device)
+    weights = torch.rand(t, generator=g, dtype=torch.float64).to(device)
     fast = weighted_bce(logits, targets, pos_weight=pos_weight, task_weights=weights)
     slow = per_task_loop_bce(logits, targets, pos_weight=pos_weight, task_weights=weights)
     assert abs(float(fast) - float(slow)) < 1e-6 * max(1.0, abs(float(slow)))
@@ -43,17 +44,18 @@ def test_vectorised_loss_equals_per_task_loop(seed: int) -> None:
     torch.testing.assert_close(a.grad, c.grad, rtol=1e-5, atol=1e-7)
 
 
+@CPU_AND_CUDA
 @pytest.mark.parametrize("ddof", [0, 1])
-def test_recorder_matches_numpy_on_random_batches(ddof: int) -> None:
+def test_recorder_matches_numpy_on_random_batches(ddof: int, device: str) -> None:
     g = torch.Generator().manual_seed(ddof)
     n, t, epochs = 50, 7, 4
-    rec = DataMapRecorder(n, t, device=torch.device("cpu"), ddof=ddof)
+    rec = DataMapRecorder(n, t, device=torch.device(device), ddof=ddof)
     targets = (torch.rand(n, t, generator=g) < 0.5).float()
     seen = np.zeros((epochs, t, n), dtype=np.float64)
     for e in range(epochs):
         logits = torch.randn(n, t, generator=g) * 3
         for index in torch.randperm(n, generator=g).split(8):
-            rec.update(index, logits[index], targets[index])
+            rec.update(index.to(device), logits[index].to(device), targets[index].to(device))
         p = torch.sigmoid(logits).double()
         seen[e] = torch.where(targets > 0.5, p, 1 - p).t().numpy()
         snap = rec.snapshot()
@@ -84,11 +86,12 @@ class ConfidenceLog:
         pass
 
 
+@CPU_AND_CUDA
 @pytest.mark.parametrize("ddof", [0, 1])
-def test_written_datamaps_are_welford_of_step_confidences(tmp_path: Path, ddof: int) -> None:
+def test_written_datamaps_are_welford_of_step_confidences(tmp_path: Path, ddof: int, device: str) -> None:
     ts = tiny_taskset()
     log = ConfidenceLog(len(ts.train), ts.n_tasks)
-    train_datamap(ts, TrainConfig(epochs=3, batch_size=20, ddof=ddof), tmp_path / "run", probes=[log])
+    train_datamap(ts, TrainConfig(epochs=3, batch_size=20, ddof=ddof, device=device), tmp_path / "run", probes=[log])
     run = RunDir(tmp_path / "run")
     assert run.datamap_epochs() == [1, 2, 3]
     for epoch in (1, 2, 3):
@@ -196,7 +199,6 @@ def test_bad_config_is_a_one_line_error(tmp_path: Path, kwargs: dict, message: s
     assert not (tmp_path / "r").exists(), "nothing is written for bad input"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on GPU machines
     with pytest.raises(StgError, match="no CUDA GPU"):
@@ -235,8 +237,7 @@ def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"garbage"
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU and STG_TEST_CUDA=1"))])
+@CPU_AND_CUDA
 @pytest.mark.parametrize("pad", [1, 4])
 def test_crop_flip_matches_a_per_image_reference(pad: int, device: str) -> None:
     from stg.augment import crop_flip

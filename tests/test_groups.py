@@ -28,7 +28,7 @@ from stg.specialists import (
     set_dropout,
     train_ensemble,
 )
-from tiny import tiny_taskset
+from tiny import CPU_AND_CUDA, tiny_taskset
 
 
 class DoubleData(DeviceData):
@@ -52,19 +52,20 @@ def _max_diff(a: list[dict], b: list[dict]) -> float:
 # ------------------------------------------------------------------------------------------------
 # fused ensembles == separate models
 # ------------------------------------------------------------------------------------------------
-def test_wide_cnn_equals_separate_cnns() -> None:
+@CPU_AND_CUDA
+def test_wide_cnn_equals_separate_cnns(device: str) -> None:
     seeds, t = [3, 4, 5], 4
-    fused = build_ensemble("cnn", seeds=seeds, in_channels=1, size=16, n_tasks=t, mode="wide").double()
-    loop = build_ensemble("cnn", seeds=seeds, in_channels=1, size=16, n_tasks=t, mode="loop").double()
+    fused = build_ensemble("cnn", seeds=seeds, in_channels=1, size=16, n_tasks=t, mode="wide").double().to(device)
+    loop = build_ensemble("cnn", seeds=seeds, in_channels=1, size=16, n_tasks=t, mode="loop").double().to(device)
     assert isinstance(fused, WideCNN)
     set_dropout(fused, 0.0)
     set_dropout(loop, 0.0)
     assert _max_diff(fused.state_dicts(), loop.state_dicts()) == 0.0  # same init as standalone models
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 1, 16, 16, generator=g, dtype=torch.float64)
-    y = (torch.rand(6, t, generator=g) < 0.4).double()
-    pos_weight = torch.rand(t, generator=g, dtype=torch.float64) + 0.5
-    w = torch.rand(t, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(6, 1, 16, 16, generator=g, dtype=torch.float64).to(device)
+    y = (torch.rand(6, t, generator=g) < 0.4).double().to(device)
+    pos_weight = (torch.rand(t, generator=g, dtype=torch.float64) + 0.5).to(device)
+    w = torch.rand(t, 3, generator=g, dtype=torch.float64).to(device)
     torch.testing.assert_close(fused(x), loop(x), atol=1e-5, rtol=0)
     for ens in (fused, loop):  # one Adam step on the summed per-model losses
         opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
@@ -76,25 +77,26 @@ def test_wide_cnn_equals_separate_cnns() -> None:
     torch.testing.assert_close(fused(x), loop(x), atol=1e-5, rtol=0)
 
 
-def test_vmap_resnet_equals_separate_resnets() -> None:
+@CPU_AND_CUDA
+def test_vmap_resnet_equals_separate_resnets(device: str) -> None:
     """float32 (float64 convs are slow on CPU): outputs, gradients, BN running stats, an SGD step.
     (Adam's first step is lr * sign(g), which turns float32 noise in near-zero gradients into
     lr-sized differences, hence SGD here; the CNN test above checks Adam in float64.)"""
     seeds, t = [3, 4], 3
-    fused = build_ensemble("resnet18-cifar", seeds=seeds, in_channels=1, size=8, n_tasks=t, mode="vmap")
-    loop = build_ensemble("resnet18-cifar", seeds=seeds, in_channels=1, size=8, n_tasks=t, mode="loop")
+    fused = build_ensemble("resnet18-cifar", seeds=seeds, in_channels=1, size=8, n_tasks=t, mode="vmap").to(device)
+    loop = build_ensemble("resnet18-cifar", seeds=seeds, in_channels=1, size=8, n_tasks=t, mode="loop").to(device)
     assert isinstance(fused, VmapEnsemble)
     assert _max_diff(fused.state_dicts(), loop.state_dicts()) == 0.0
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 1, 8, 8, generator=g)
-    y = (torch.rand(4, t, generator=g) < 0.4).float()
-    w = torch.rand(t, 2, generator=g)
+    x = torch.randn(4, 1, 8, 8, generator=g).to(device)
+    y = (torch.rand(4, t, generator=g) < 0.4).float().to(device)
+    w = torch.rand(t, 2, generator=g).to(device)
     outs = []
     for ens in (fused, loop):
         opt = torch.optim.SGD(ens.parameters(), lr=0.01)
         out = ens(x)
         outs.append(out.detach())
-        ensemble_loss(out, y, pos_weight=torch.ones(t), weights=w).sum().backward()
+        ensemble_loss(out, y, pos_weight=torch.ones(t, device=device), weights=w).sum().backward()
         opt.step()
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
     assert _max_diff(fused.state_dicts(), loop.state_dicts()) < 1e-5

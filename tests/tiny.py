@@ -1,10 +1,16 @@
-"""A tiny, fast TaskSet built directly (no loader) for engine tests."""
+"""A tiny, fast TaskSet built directly (no loader) for engine tests, and the devices tests run on."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from stg.taskset import Split, TaskSet
+
+
+# A device parameter: CUDA runs where a GPU is visible (STG_TEST_CUDA=1, see conftest.py).
+CPU_AND_CUDA = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU and STG_TEST_CUDA=1"))])
 
 
 def tiny_taskset(n_train: int = 96, n_val: int = 32, n_tasks: int = 4, size: int = 16, channels: int = 1,
