@@ -11,7 +11,8 @@ Measured in one run, on the same data, model, batch size and device:
               a DataLoader, a Python loop of T ``BCEWithLogitsLoss`` calls, per-batch metric counts
               and ``loss.item()``, and the (T, B) transposed recorder update
 - model-only: forward + backward + Adam on one fixed batch already on the device, in the engine's
-              precision, layout and allocator settings (the ceiling)
+              precision, layout and allocator settings, and as the engine runs a step (a CUDA graph
+              replay on CUDA): the ceiling
 
 Each loop runs in its own fresh process (so the engine's process-wide settings, ``stg.hostmem``,
 never reach the naive loop) and is timed over ``--repeats`` passes, taken round-robin one at a time
@@ -43,6 +44,7 @@ from torchvision import transforms
 from stg.engine import Progress, TrainConfig, adam, autocast, prepare_model, resolve_device, train_datamap
 from stg.loss import per_task_loop_bce, weighted_bce
 from stg.models import BatchNorm2d, Dropout, build_model
+from stg.stepgraph import WARMUP_STEPS, StepGraph
 from stg.taskset import Split, TaskSet
 
 
@@ -155,26 +157,34 @@ def naive_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device,
 
 def model_only_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device, steps: int,
                       repeats: int, report: Report) -> None:
-    """``repeats`` timed chunks of ``steps`` steps on one fixed batch (after three warm-up steps)."""
+    """``repeats`` timed chunks of ``steps`` steps on one fixed batch (after the warm-up steps a CUDA
+    graph capture needs), run as the engine runs its steps (``stg.stepgraph``)."""
     c, size, _ = ts.image_shape
     model = prepare_model(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks), device)
-    opt = adam(model.parameters(), 1e-3)
+    opt = adam(model.parameters(), 1e-3, device)
     x = torch.randn(batch, c, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = ts.train.labels[:batch].to(device)
     pw = ts.pos_weight.to(device)
     ones = torch.ones_like(pw)
-    t0 = 0.0
-    for i in range(3 + steps * repeats):
-        if i >= 3 and (i - 3) % steps == 0:
-            _sync(device)
-            report(steps * batch / (time.perf_counter() - t0) if i > 3 else None)
-            t0 = time.perf_counter()
+
+    def step(_: torch.Tensor) -> torch.Tensor:
         with autocast(device):
             z = model(x)
         loss = weighted_bce(z, y, pos_weight=pw, task_weights=ones)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss.detach()
+
+    run = StepGraph(step, batch_size=batch, device=device, optimizer=opt)
+    index = torch.arange(batch, device=device)
+    warmup = WARMUP_STEPS + 1
+    t0 = 0.0
+    for i in range(warmup + steps * repeats):
+        if i >= warmup and (i - warmup) % steps == 0:
+            _sync(device)
+            report(steps * batch / (time.perf_counter() - t0) if i > warmup else None)
+            t0 = time.perf_counter()
+        run(index)
     _sync(device)
     report(steps * batch / (time.perf_counter() - t0))
 

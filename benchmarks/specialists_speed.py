@@ -27,6 +27,7 @@ from stg.engine import DeviceData, adam, autocast, channel_stats, epoch_batches,
 from stg.loss import weighted_bce
 from stg.models import MODEL_NAMES, build_model
 from stg.specialists import build_ensemble, ensemble_loss, to_device
+from stg.stepgraph import WARMUP_STEPS, StepGraph, graphs_enabled
 from stg.taskset import Split
 
 
@@ -53,21 +54,31 @@ def batches(data: DeviceData, steps: int, batch_size: int) -> list[torch.Tensor]
 
 
 def time_steps(module: torch.nn.Module, loss_fn, data: DeviceData, index: list[torch.Tensor], warmup: int) -> float:
-    """Seconds for len(index) Adam steps of ``module`` on ``loss_fn(logits, y)`` (after ``warmup`` untimed steps)."""
-    opt = adam(module.parameters(), 1e-3)
+    """Seconds for len(index) Adam steps of ``module`` on ``loss_fn(logits, y)``, run as the engine
+    runs its steps (``stg.stepgraph``), after ``warmup`` untimed steps (at least the warm-up and
+    capture steps of a CUDA graph)."""
+    opt = adam(module.parameters(), 1e-3, data.device)
     g = torch.Generator(device=data.device).manual_seed(2)
-    t0 = 0.0
-    for i, idx in enumerate(index[:warmup] + index):
-        if i == warmup:
-            _sync(data.device)
-            t0 = time.perf_counter()
+
+    def step(idx: torch.Tensor) -> torch.Tensor:
         x, y = data.batch(idx, augment=True, generator=g)
         with autocast(data.device):
             logits = module(x)
         loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss.detach()
+
+    run = StepGraph(step, batch_size=len(index[0]), device=data.device, optimizer=opt, generators=[g])
+    if graphs_enabled(data.device):
+        warmup = max(warmup, WARMUP_STEPS + 1)
+    untimed = (index * (warmup // len(index) + 1))[:warmup]
+    t0 = 0.0
+    for i, idx in enumerate(untimed + index):
+        if i == warmup:
+            _sync(data.device)
+            t0 = time.perf_counter()
+        run(idx)
     _sync(data.device)
     return time.perf_counter() - t0
 

@@ -4,7 +4,8 @@ Hot loop (per step, no per-sample Python, no host sync): gather a batch of uint8
 resident on the device, crop/flip on the device, forward (channels_last; bf16 autocast on CUDA and
 on CPUs with native bf16, see ``use_bf16``),
 one vectorised weighted BCE over (B, T), backward, Adam, then a Welford update of the data map with
-the step's own logits, then any probes.
+the step's own logits, then any probes. On CUDA that whole step is captured once in a CUDA graph and
+replayed for every full-size batch (``stg.stepgraph``).
 
 Determinism: every epoch re-seeds its RNG streams from (seed, epoch), so a run resumed from its
 last finished epoch continues exactly as an uninterrupted run would (bitwise on CPU).
@@ -34,6 +35,7 @@ from stg.hostmem import retain_freed_memory
 from stg.loss import weighted_bce
 from stg.models import MODEL_NAMES, build_model
 from stg.rundir import LOCK_NAME, RunDir, atomic_save, exclusive
+from stg.stepgraph import StepGraph
 from stg.taskset import Split, TaskSet
 
 
@@ -89,7 +91,8 @@ class Progress:
 
 @dataclass
 class StepInfo:
-    """What a probe sees after each optimizer step (the step's own forward pass)."""
+    """What a probe sees after each optimizer step (the step's own forward pass). The tensors are
+    valid during ``on_step`` only: on CUDA they are a graph's outputs, rewritten by the next step."""
 
     model: nn.Module
     images: torch.Tensor  # (B, C, H, W) float, the augmented, normalised batch
@@ -164,10 +167,13 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: t
     return list(perm.split(batch_size))
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The epoch's RNG stream (shuffle + augmentation); also re-seeds dropout's global RNG."""
+def epoch_generator(seed: int, epoch: int, device: torch.device,
+                    generator: torch.Generator | None = None) -> torch.Generator:
+    """The epoch's RNG stream (shuffle + augmentation); also re-seeds dropout's global RNG.
+    Re-seeds ``generator`` in place when given (a CUDA graph keeps reading the generator it was
+    captured with), else makes a new one."""
     torch.manual_seed(seed * 1_000_003 + epoch)
-    g = torch.Generator(device=device)
+    g = generator if generator is not None else torch.Generator(device=device)
     g.manual_seed(seed * 1_000_003 + epoch)
     return g
 
@@ -191,13 +197,17 @@ def _native_bf16(device: torch.device) -> bool:
 
 
 def autocast(device: torch.device, precision: str = "auto"):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device, precision))
+    """bf16 autocast where ``use_bf16``; no cast cache (each weight is cast once per forward anyway,
+    and cached casts must not outlive a CUDA graph capture)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device, precision),
+                          cache_enabled=False)
 
 
-def adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
+def adam(params: Iterable[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
     """Adam with the official trainer's settings (betas 0.9/0.999, eps 1e-8, no weight decay), as one
-    fused kernel per step (CPU and CUDA) instead of a loop over parameter tensors."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
+    fused kernel per step (CPU and CUDA) instead of a loop over parameter tensors; on CUDA with its
+    step count on the device, so a CUDA graph can capture it (``stg.stepgraph``)."""
+    return torch.optim.Adam(params, lr=lr, fused=True, capturable=device.type == "cuda")
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -376,7 +386,7 @@ def _train_datamap_locked(
 
     torch.manual_seed(config.seed)
     model = prepare_model(build_model(config.model, in_channels=c, size=h, n_tasks=taskset.n_tasks), device)
-    optimizer = adam(model.parameters(), config.lr)
+    optimizer = adam(model.parameters(), config.lr, device)
     recorder = DataMapRecorder(len(train), taskset.n_tasks, device=device, ddof=config.ddof)
 
     start_epoch = 0
@@ -386,6 +396,9 @@ def _train_datamap_locked(
     meta["history"] = meta.get("history", [])[:start_epoch]
     run.write(meta)
 
+    g = torch.Generator(device=device)
+    step = StepGraph(_datamap_step(model, optimizer, recorder, train, pos_weight, task_weights, config, g),
+                     batch_size=config.batch_size, device=device, optimizer=optimizer, generators=[g])
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     emit(Progress("start", start_epoch, config.epochs, start_epoch * steps_per_epoch, total_steps,
@@ -393,7 +406,7 @@ def _train_datamap_locked(
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             result = _run_epoch(
-                model, optimizer, recorder, probes, train, pos_weight, task_weights, config,
+                step, g, model, probes, len(train), config,
                 epoch=epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                 emit=emit, cancel=cancel,
             )
@@ -408,7 +421,7 @@ def _train_datamap_locked(
             run.write_datamap(epoch, recorder.snapshot())
             _save_checkpoint(run, model, optimizer, recorder, probes, epoch)
             record = {"epoch": epoch, "loss": epoch_loss, "seconds": round(seconds, 3),
-                      "images_per_s": round(len(train) / seconds, 1), **metrics}
+                      "images_per_s": round(len(train) / seconds, 1), "step": step.mode, **metrics}
             meta["history"].append(record)
             meta.update(epochs_done=epoch, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
             meta["timings"] = {"train_seconds": round(sum(r["seconds"] for r in meta["history"]), 3)}
@@ -427,14 +440,40 @@ def _train_datamap_locked(
     return meta
 
 
-def _run_epoch(
+def _datamap_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     recorder: DataMapRecorder,
-    probes: Sequence[Probe],
     train: DeviceData,
     pos_weight: torch.Tensor,
     task_weights: torch.Tensor,
+    config: TrainConfig,
+    g: torch.Generator,
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """The training step as a function of the batch's (B,) row index, for ``StepGraph``: returns
+    (loss () , images (B, C, H, W), logits (B, T) float32, targets (B, T)), all detached."""
+
+    def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, y = train.batch(index, augment=config.augment, generator=g)
+        with autocast(train.device, config.precision):
+            logits = model(x)
+        logits = logits.float()
+        loss = weighted_bce(logits, y, pos_weight=pos_weight, task_weights=task_weights)
+        loss.backward()
+        optimizer.step()
+        detached = logits.detach()
+        recorder.update(index, detached, y)
+        return loss.detach(), x, detached, y
+
+    return step
+
+
+def _run_epoch(
+    step: StepGraph[tuple[torch.Tensor, ...]],
+    g: torch.Generator,
+    model: nn.Module,
+    probes: Sequence[Probe],
+    n_train: int,
     config: TrainConfig,
     *,
     epoch: int,
@@ -445,35 +484,26 @@ def _run_epoch(
 ) -> tuple[float, float] | None:
     """One pass over the training split. Returns (mean loss, seconds), or None when cancelled."""
     model.train()
-    g = epoch_generator(config.seed, epoch, train.device)
-    loss_sum = torch.zeros((), device=train.device)
+    epoch_generator(config.seed, epoch, step.device, g)
+    loss_sum = torch.zeros((), device=step.device)
     t0 = last_event = time.monotonic()
     step0 = (epoch - 1) * steps_per_epoch
-    for i, index in enumerate(epoch_batches(len(train), config.batch_size, g, train.device)):
+    for i, index in enumerate(epoch_batches(n_train, config.batch_size, g, step.device)):
         if cancel.is_set():
             return None
-        x, y = train.batch(index, augment=config.augment, generator=g)
-        with autocast(train.device, config.precision):
-            logits = model(x)
-        logits = logits.float()
-        loss = weighted_bce(logits, y, pos_weight=pos_weight, task_weights=task_weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        detached = logits.detach()
-        recorder.update(index, detached, y)
+        loss, x, logits, y = step(index)
         for probe in probes:
-            probe.on_step(StepInfo(model, x, detached, y, index, epoch, step0 + i))
-        loss_sum += loss.detach() * len(index)
+            probe.on_step(StepInfo(model, x, logits, y, index, epoch, step0 + i))
+        loss_sum += loss * len(index)
         now = time.monotonic()
         if now - last_event > 0.5:
             done = i + 1
             rate = done * config.batch_size / (now - t0)
             remaining = (total_steps - step0 - done) * config.batch_size / max(rate, 1e-9)
-            emit(Progress("step", epoch, config.epochs, step0 + done, total_steps, loss=float(loss.detach()),
+            emit(Progress("step", epoch, config.epochs, step0 + done, total_steps, loss=float(loss),
                           images_per_s=rate, eta_s=remaining))
             last_event = now
-    mean_loss = float(loss_sum) / len(train)  # waits for the device: the timing covers all the work
+    mean_loss = float(loss_sum) / n_train  # waits for the device: the timing covers all the work
     return mean_loss, time.monotonic() - t0
 
 

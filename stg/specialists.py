@@ -49,6 +49,7 @@ from stg.engine import (
 from stg.errors import StgError
 from stg.models import Dropout, PaperCNN, build_model
 from stg.rundir import atomic_save
+from stg.stepgraph import StepGraph
 
 ENSEMBLE_MODES = ("auto", "wide", "vmap", "loop")
 EventFn = Callable[[Progress], None]
@@ -318,7 +319,7 @@ def train_ensemble(
     weights = weights.to(device=device, dtype=pos_weight.dtype)
     if weights.shape != (pos_weight.shape[0], ensemble.k):
         raise ValueError(f"weights must be (T, k) = ({pos_weight.shape[0]}, {ensemble.k}), got {tuple(weights.shape)}")
-    optimizer = adam(ensemble.parameters(), lr)
+    optimizer = adam(ensemble.parameters(), lr, device)
     ident = json.dumps(identity or {}, sort_keys=True)
     start_epoch, history, seconds = 0, [], 0.0
     if checkpoint is not None and checkpoint.is_file():
@@ -337,34 +338,41 @@ def train_ensemble(
     n = len(train)
     steps_per_epoch = math.ceil(n / batch_size)
     total = total_steps if total_steps is not None else steps_per_epoch * epochs
+    g = torch.Generator(device=device)
+
+    def step(index: torch.Tensor) -> torch.Tensor:
+        """One shared batch through all k models: (k,) losses, detached (see ``stg.stepgraph``)."""
+        x, y = train.batch(index, augment=augment, generator=g)
+        with autocast(device, precision):
+            logits = ensemble(x)
+        losses = ensemble_loss(logits, y, pos_weight=pos_weight, weights=weights)  # (k,)
+        losses.sum().backward()
+        optimizer.step()
+        return losses.detach()
+
+    run_step = StepGraph(step, batch_size=batch_size, device=device, optimizer=optimizer, generators=[g])
     ensemble.train()
     for epoch in range(start_epoch + 1, epochs + 1):
-        g = epoch_generator(seed, epoch, device)
+        epoch_generator(seed, epoch, device, g)
         loss_sum = torch.zeros(ensemble.k, device=device)
         t0 = last = time.monotonic()
         step0 = step_offset + (epoch - 1) * steps_per_epoch
         for i, index in enumerate(epoch_batches(n, batch_size, g, device)):
             if cancel.is_set():
                 return EnsembleRun("cancelled", epoch - 1, history, seconds)
-            x, y = train.batch(index, augment=augment, generator=g)
-            with autocast(device, precision):
-                logits = ensemble(x)
-            losses = ensemble_loss(logits, y, pos_weight=pos_weight, weights=weights)  # (k,)
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            loss_sum += losses.detach() * len(index)
+            losses = run_step(index)
+            loss_sum += losses * len(index)
             now = time.monotonic()
             if now - last > 0.5:
                 rate = (i + 1) * batch_size / (now - t0)
-                emit(Progress("step", epoch, epochs, step0 + i + 1, total, loss=float(losses.detach().mean()),
+                emit(Progress("step", epoch, epochs, step0 + i + 1, total, loss=float(losses.mean()),
                               images_per_s=rate, message=label))
                 last = now
         per_model = (loss_sum / n).tolist()  # waits for the device: the timing covers all the work
         took = time.monotonic() - t0
         seconds += took
         history.append({"epoch": epoch, "loss": per_model, "seconds": round(took, 3),
-                        "images_per_s": round(n / took, 1)})
+                        "images_per_s": round(n / took, 1), "step": run_step.mode})
         if checkpoint is not None:
             state = {"epoch": epoch, "identity": ident, "ensemble": ensemble.state_dict(),
                      "optimizer": optimizer.state_dict(), "history": json.dumps(history), "seconds": seconds}

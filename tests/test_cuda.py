@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from stg.engine import TrainConfig, train_datamap, use_bf16
+from stg.engine import DeviceData, TrainConfig, adam, channel_stats, train_datamap, use_bf16
 from stg.groups import train_groups
 from stg.rundir import RunDir
+from stg.specialists import build_ensemble, to_device, train_ensemble
+from stg.stepgraph import StepGraph
 from test_engine import CancelAfter
 from tiny import tiny_taskset
 
@@ -60,3 +63,88 @@ def test_train_groups_on_cuda(tmp_path: Path) -> None:
     assert set(metrics["models"]) == {"grouped", "grouped_argmax", "mtl", "random", "stl"}
     for block in metrics["models"].values():
         assert 0.0 <= block["mean"]["balanced_accuracy"] <= 1.0
+
+
+def _graph_and_eager(monkeypatch: pytest.MonkeyPatch, run) -> dict[bool, object]:
+    """run() once with CUDA graphs and once with STG_CUDA_GRAPHS=0: {True: graphed, False: eager}."""
+    out = {}
+    for graphs in (True, False):
+        monkeypatch.setenv("STG_CUDA_GRAPHS", "1" if graphs else "0")
+        out[graphs] = run()
+    return out
+
+
+def test_step_graph_replays_equal_eager_steps_across_reseeds_and_a_short_last_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step drawing from its own generator (as crop/flip does) and from the default one (as dropout
+    does): replays draw exactly what eager steps draw after the same re-seeding, and train the same."""
+
+    def run():
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(8, 3).to(CUDA)
+        opt = adam(lin.parameters(), 1e-2, CUDA)
+        g = torch.Generator(device=CUDA)
+        data = torch.randn(72, 8, device=CUDA, generator=torch.Generator(device=CUDA).manual_seed(1))
+
+        def step(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            noise = torch.randn(len(index), 8, device=CUDA, generator=g)
+            loss = lin(F.dropout(data[index] + noise, 0.5)).square().mean()
+            loss.backward()
+            opt.step()
+            return loss.detach(), noise
+
+        graph = StepGraph(step, batch_size=16, device=CUDA, optimizer=opt, generators=[g])
+        losses, noises = [], []
+        for epoch in (1, 2):
+            torch.manual_seed(100 + epoch)
+            g.manual_seed(200 + epoch)
+            for index in torch.arange(72, device=CUDA).split(16):  # 4 full batches and one of 8
+                loss, noise = graph(index)
+                losses.append(loss.clone())
+                noises.append(noise.clone())
+        return graph, torch.stack(losses), noises, [p.detach().clone() for p in lin.parameters()]
+
+    out = _graph_and_eager(monkeypatch, run)
+    graphed, eager = out[True], out[False]
+    assert graphed[0].mode == "cuda-graph" and graphed[0].replays == 5  # 3 warm-up steps, then replays
+    assert eager[0].mode == "eager" and eager[0].replays == 0
+    assert all(torch.equal(a, b) for a, b in zip(graphed[2], eager[2]))
+    torch.testing.assert_close(graphed[1], eager[1], atol=1e-6, rtol=1e-6)
+    for a, b in zip(graphed[3], eager[3]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet18-cifar"])
+def test_datamap_run_with_cuda_graphs_equals_the_eager_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             model: str) -> None:
+    ts = tiny_taskset()  # 96 training images: 4 batches of 20 and one of 16 per epoch
+    config = TrainConfig(model=model, epochs=3, batch_size=20, device="cuda", precision="fp32")
+    runs = iter(("graphed", "eager"))
+    out = _graph_and_eager(monkeypatch, lambda: train_datamap(ts, config, tmp_path / next(runs)))
+    assert out[True]["history"][-1]["step"] == "cuda-graph"
+    assert out[False]["history"][-1]["step"] == "eager"
+    graphed, eager = RunDir(tmp_path / "graphed").load_datamap(3), RunDir(tmp_path / "eager").load_datamap(3)
+    for key in ("confidence", "variability"):
+        np.testing.assert_allclose(graphed[key], eager[key], atol=2e-3)
+    np.testing.assert_allclose([h["loss"] for h in out[True]["history"]],
+                               [h["loss"] for h in out[False]["history"]], rtol=1e-3)
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet18-cifar"])
+def test_specialists_with_cuda_graphs_equal_eager_training(monkeypatch: pytest.MonkeyPatch, model: str) -> None:
+    ts = tiny_taskset(n_train=56, size=12)
+    mean, std = channel_stats(ts.train.images)
+    data = DeviceData(ts.train, CUDA, mean, std)
+    pw = ts.pos_weight.to(CUDA)
+    w = torch.rand(4, 3, generator=torch.Generator().manual_seed(2))
+
+    def run():
+        ens = to_device(build_ensemble(model, seeds=[1, 2, 3], in_channels=1, size=12, n_tasks=4, device=CUDA), CUDA)
+        result = train_ensemble(ens, w, data, pw, epochs=3, batch_size=16, lr=1e-3, seed=4, precision="fp32")
+        return result, ens.state_dicts()
+
+    out = _graph_and_eager(monkeypatch, run)
+    assert out[True][0].history[-1]["step"] == "cuda-graph" and out[False][0].history[-1]["step"] == "eager"
+    for a, b in zip(out[True][1], out[False][1]):
+        for key in a:
+            torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-3, rtol=1e-3)
