@@ -120,6 +120,7 @@ def test_train_page_starts_and_finishes_a_run(runs: Path) -> None:
     assert not at.exception
     assert RunDir(runs / "fresh").datamap_epochs() == [1, 2]
     assert charts(at)
+    assert "2/2 epochs" in texts(at) and "img/s on cpu" in texts(at)
 
 
 def test_train_page_refuses_bad_input(runs: Path) -> None:

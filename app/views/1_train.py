@@ -103,9 +103,12 @@ def live_panel(run: common.RunDir) -> None:
             c[3].metric("ETA", f"{p.eta_s:,.0f} s" if p and p.eta_s == p.eta_s else "…")
             c[4].button("Cancel", key="cancel_run", on_click=mgr.cancel, args=(run.path,))
         else:
+            last = (meta.get("history") or [{}])[-1]
+            speed = (f"; last epoch {last['images_per_s']:,.0f} img/s on {meta.get('device', '?')}"
+                     + (" (CUDA graph)" if last.get("step") == "cuda-graph" else "")) if last else ""
             st.markdown(f"**{run.path.name}**: {common.STATUS_ICON.get(status, '')} {status}, "
                         f"{meta.get('epochs_done', 0)}/{meta['config']['epochs']} epochs, "
-                        f"{len(meta['task_names'])} tasks, {meta.get('n_train', '?')} training samples")
+                        f"{len(meta['task_names'])} tasks, {meta.get('n_train', '?')} training samples{speed}")
             error = (snap.error if snap else None) or meta.get("error")
             if status == "failed" and error:
                 st.error(error)
