@@ -451,7 +451,7 @@ def _datamap_step(
     g: torch.Generator,
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
     """The training step as a function of the batch's (B,) row index, for ``StepGraph``: returns
-    (loss () , images (B, C, H, W), logits (B, T) float32, targets (B, T)), all detached."""
+    (loss: (), images: (B, C, H, W), logits: (B, T) float32, targets: (B, T)), all detached."""
 
     def step(index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, y = train.batch(index, augment=config.augment, generator=g)
