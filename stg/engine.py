@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import math
 import platform
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -373,8 +374,43 @@ def _train_datamap_locked(
     cancel: threading.Event | None,
     probes: Sequence[Probe],
 ) -> dict[str, Any]:
-    """train_datamap's body, run while holding the run directory's lock."""
+    """train_datamap's body, run while holding the run directory's lock: a failure is recorded in
+    run.json (status failed or cancelled, and the error), and running out of memory becomes a
+    one-line StgError."""
     run, meta, resumed = open_run(out, taskset, config, spec)
+    try:
+        return _train_run(run, meta, resumed, taskset, config, device, on_event, cancel, probes)
+    except BaseException as e:
+        oom = memory_error(e, f"training {config.model} at batch size {config.batch_size}", device)
+        meta.update(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
+                    error=None if isinstance(e, KeyboardInterrupt) else str(oom or f"{type(e).__name__}: {e}"))
+        run.write(meta)
+        if oom is not None:
+            raise oom from None
+        raise
+
+
+def memory_error(e: BaseException, what: str, device: torch.device) -> StgError | None:
+    """A one-line StgError for running out of memory (GPU or host) while ``what``; else None."""
+    if not isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return None
+    tried = re.search(r"[Tt]ried to allocate [\d.]+ \w+", str(e))
+    detail = f" ({tried.group(0).lower()})" if tried else ""
+    return StgError(f"out of memory on {device}{detail} while {what}: use a smaller --batch-size or model; "
+                    "finished epochs are kept, so the same command resumes")
+
+
+def _train_run(
+    run: RunDir,
+    meta: dict[str, Any],
+    resumed: bool,
+    taskset: TaskSet,
+    config: TrainConfig,
+    device: torch.device,
+    on_event: EventFn | None,
+    cancel: threading.Event | None,
+    probes: Sequence[Probe],
+) -> dict[str, Any]:
     emit = on_event or (lambda p: None)
     cancel = cancel or threading.Event()
     c, h, _ = taskset.image_shape
@@ -403,37 +439,31 @@ def _train_datamap_locked(
     total_steps = steps_per_epoch * config.epochs
     emit(Progress("start", start_epoch, config.epochs, start_epoch * steps_per_epoch, total_steps,
                   message=f"{'resuming' if resumed else 'starting'} on {device}"))
-    try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            result = _run_epoch(
-                step, g, model, probes, len(train), config,
-                epoch=epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                emit=emit, cancel=cancel,
-            )
-            if result is None:
-                meta.update(status="cancelled")
-                run.write(meta)
-                emit(Progress("cancelled", epoch - 1, config.epochs, (epoch - 1) * steps_per_epoch, total_steps,
-                              message="cancelled; the run keeps its last finished epoch"))
-                return meta
-            epoch_loss, seconds = result
-            metrics = quick_metrics(predict_logits(model, val, precision=config.precision), val.labels, pos_weight)
-            run.write_datamap(epoch, recorder.snapshot())
-            _save_checkpoint(run, model, optimizer, recorder, probes, epoch)
-            record = {"epoch": epoch, "loss": epoch_loss, "seconds": round(seconds, 3),
-                      "images_per_s": round(len(train) / seconds, 1), "step": step.mode, **metrics}
-            meta["history"].append(record)
-            meta.update(epochs_done=epoch, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            meta["timings"] = {"train_seconds": round(sum(r["seconds"] for r in meta["history"]), 3)}
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        result = _run_epoch(
+            step, g, model, probes, len(train), config,
+            epoch=epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+            emit=emit, cancel=cancel,
+        )
+        if result is None:
+            meta.update(status="cancelled")
             run.write(meta)
-            emit(Progress("epoch", epoch, config.epochs, epoch * steps_per_epoch, total_steps, loss=epoch_loss,
-                          images_per_s=record["images_per_s"], eta_s=seconds * (config.epochs - epoch),
-                          metrics=metrics))
-    except BaseException as e:
-        meta.update(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-                    error=None if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
+            emit(Progress("cancelled", epoch - 1, config.epochs, (epoch - 1) * steps_per_epoch, total_steps,
+                          message="cancelled; the run keeps its last finished epoch"))
+            return meta
+        epoch_loss, seconds = result
+        metrics = quick_metrics(predict_logits(model, val, precision=config.precision), val.labels, pos_weight)
+        run.write_datamap(epoch, recorder.snapshot())
+        _save_checkpoint(run, model, optimizer, recorder, probes, epoch)
+        record = {"epoch": epoch, "loss": epoch_loss, "seconds": round(seconds, 3),
+                  "images_per_s": round(len(train) / seconds, 1), "step": step.mode, **metrics}
+        meta["history"].append(record)
+        meta.update(epochs_done=epoch, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        meta["timings"] = {"train_seconds": round(sum(r["seconds"] for r in meta["history"]), 3)}
         run.write(meta)
-        raise
+        emit(Progress("epoch", epoch, config.epochs, epoch * steps_per_epoch, total_steps, loss=epoch_loss,
+                      images_per_s=record["images_per_s"], eta_s=seconds * (config.epochs - epoch),
+                      metrics=metrics))
     meta.update(status="done")
     run.write(meta)
     emit(Progress("done", config.epochs, config.epochs, total_steps, total_steps, message=f"done: {run.path}"))

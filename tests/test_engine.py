@@ -237,6 +237,37 @@ def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"garbage"
 
 
+def _out_of_memory_after(calls: int, real):
+    """``real`` that raises torch's CUDA out-of-memory error from call ``calls + 1`` on."""
+    count = [0]
+
+    def fn(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                         "capacity of 79.19 GiB of which 1.06 GiB is free.\nmore lines")
+        return real(*args, **kwargs)
+
+    return fn
+
+
+def test_running_out_of_memory_is_one_line_and_keeps_finished_epochs(tmp_path: Path, monkeypatch) -> None:
+    import stg.engine
+
+    ts = tiny_taskset()  # 6 steps an epoch at batch 16: fail in epoch 2
+    monkeypatch.setattr(stg.engine, "weighted_bce", _out_of_memory_after(8, weighted_bce))
+    config = TrainConfig(epochs=3, batch_size=16)
+    with pytest.raises(StgError) as info:
+        train_datamap(ts, config, tmp_path / "r")
+    message = str(info.value)
+    assert "\n" not in message and "(tried to allocate 2.00 gib)" in message and "smaller --batch-size" in message
+    meta = RunDir(tmp_path / "r").read()
+    assert meta["status"] == "failed" and meta["error"] == message and meta["epochs_done"] == 1
+    monkeypatch.setattr(stg.engine, "weighted_bce", weighted_bce)
+    assert train_datamap(ts, config, tmp_path / "r")["status"] == "done"  # the same command resumes
+    assert RunDir(tmp_path / "r").datamap_epochs() == [1, 2, 3]
+
+
 @CPU_AND_CUDA
 @pytest.mark.parametrize("pad", [1, 4])
 def test_crop_flip_matches_a_per_image_reference(pad: int, device: str) -> None:

@@ -293,6 +293,20 @@ def test_bad_input(tiny_run, tmp_path: Path) -> None:
     assert not (run.path / "groups").exists()  # nothing written
 
 
+def test_running_out_of_memory_in_grouped_training_is_one_line(tiny_run, tmp_path: Path, monkeypatch) -> None:
+    import stg.specialists
+    from test_engine import _out_of_memory_after
+
+    src, ts = tiny_run
+    run = _copy_run(src, tmp_path / "oom")
+    monkeypatch.setattr(stg.specialists, "ensemble_loss", _out_of_memory_after(4, stg.specialists.ensemble_loss))
+    with pytest.raises(StgError, match=r"^out of memory on cpu \(tried to allocate 2\.00 gib\) while training "
+                                       r"cnn specialists at batch size 16: .*resumes$"):
+        train_groups(run, "g2", device="cpu", taskset=ts)
+    status = json.loads((run.groups_dir("g2") / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith("out of memory on cpu")
+
+
 @pytest.mark.slow
 def test_ray_executor_matches_local(tiny_run, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
