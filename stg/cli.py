@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_int, default=None, help="epochs (default 5)")
     p.add_argument("--batch-size", type=_int, default=None, help="batch size (default 128)")
     p.add_argument("--lr", type=_float, default=None, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=_int, default=0, help="seed for split, init, shuffling (default 0)")
     p.add_argument("--ddof", type=_int, default=0, help="variability ddof: 0 = Cartography (default), 1 = official STG-MTL")
     p.add_argument("--precision", default=None, choices=("auto", "bf16", "fp32"),
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", default="mtl,random", help="comma list of mtl, random, stl (default mtl,random; '' for none)")
     p.add_argument("--hard", action="store_true", help="use hard (argmax) memberships for the specialists")
     p.add_argument("--executor", default="local", help="local (default) or ray")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_train_groups)
 
     p = sub.add_parser("export", help="export a grouping", description="Export a grouping as JSON, CSV or YAML.")

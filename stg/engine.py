@@ -118,15 +118,26 @@ EventFn = Callable[[Progress], None]
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N`` (the N-th visible GPU)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise StgError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
-        return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise StgError(f"unknown device {name!r}: choose auto, cpu or cuda")
+    index = name[len("cuda:"):] if name.startswith("cuda:") else None
+    if name != "cuda" and not (index is not None and index.isdigit()):
+        raise StgError(f"unknown device {name!r}: choose auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise StgError(f"--device {name} was asked for but no CUDA GPU is available: use --device cpu or auto")
+    if index is not None and int(index) >= torch.cuda.device_count():
+        raise StgError(f"--device {name}: there is no such GPU ({torch.cuda.device_count()} visible, "
+                       "numbered from 0)")
+    return torch.device(name)
+
+
+def device_choices() -> list[str]:
+    """What a user can pick: auto, cpu, and cuda (plus cuda:0, cuda:1, ... with several GPUs)."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["auto", "cpu", "cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
 
 
 class DeviceData:

@@ -205,6 +205,23 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
         train_datamap(tiny_taskset(), TrainConfig(device="cuda", batch_size=16), tmp_path / "r")
 
 
+def test_device_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stg.engine import device_choices, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:", "cuda:x", "cuda1"):
+        with pytest.raises(StgError, match=f"unknown device '{bad}'"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # two GPUs, as far as stg can tell
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(StgError, match=r"--device cuda:2: there is no such GPU \(2 visible"):
+        resolve_device("cuda:2")
+    assert device_choices() == ["auto", "cpu", "cuda", "cuda:0", "cuda:1"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device_choices() == ["auto", "cpu", "cuda"]
+
+
 def test_other_run_in_out_is_refused_and_kept(tmp_path: Path) -> None:
     ts = tiny_taskset()
     train_datamap(ts, TrainConfig(epochs=1, batch_size=16), tmp_path / "r")

@@ -10,7 +10,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-from stg.engine import TrainConfig  # noqa: E402
+from stg.engine import TrainConfig, device_choices  # noqa: E402
 from stg.errors import StgError  # noqa: E402
 from stg.models import MODEL_NAMES  # noqa: E402
 from stg.plots import datamap_scatter, training_curves  # noqa: E402
@@ -66,7 +66,7 @@ def new_run_form(*, expanded: bool) -> None:
         c2.text_input("Tasks spec (optional)", key="f_tasks", placeholder="dataset default, e.g. composite, paper15",
                       help="ovr:all | ovr:C1,C2 | union:NAME=C1,C2 | not:NAME | random | flipped | a preset")
         c2.selectbox("Model", list(MODEL_NAMES), key="f_model")
-        c2.selectbox("Device", ["auto", "cpu", "cuda"], key="f_device")
+        c2.selectbox("Device", device_choices(), key="f_device")
         c2.text_input("Run name (optional)", key="f_name", placeholder="a new name under the runs folder")
         c3.number_input("Epochs", min_value=1, max_value=500, value=3, key="f_epochs")
         c3.number_input("Batch size", min_value=1, max_value=8192, value=128, key="f_batch")

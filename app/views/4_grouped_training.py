@@ -11,6 +11,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
+from stg.engine import device_choices  # noqa: E402
 from stg.plots import gain_bar, results_rows  # noqa: E402
 
 METRICS = ("balanced_accuracy", "accuracy", "f1", "auroc")
@@ -21,7 +22,7 @@ def launch_form(run: common.RunDir, grouping: str) -> None:
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Epochs (0 = the run's)", min_value=0, value=0, key="gt_epochs")
         baselines = c2.multiselect("Baselines", ["mtl", "random", "stl"], default=["mtl", "random"], key="gt_base")
-        device = c3.selectbox("Device", ["auto", "cpu", "cuda"], key="gt_device")
+        device = c3.selectbox("Device", device_choices(), key="gt_device")
         hard = c1.checkbox("Hard groups (membership 0/1)", key="gt_hard")
         if st.form_submit_button("Train specialists", type="primary"):
             with common.errors():
