@@ -401,7 +401,7 @@ def _train_datamap_locked(
         raise
 
 
-def memory_error(e: BaseException, what: str, device: torch.device) -> StgError | None:
+def memory_error(e: BaseException, what: str, device: torch.device | str) -> StgError | None:
     """A one-line StgError for running out of memory (GPU or host) while ``what``; else None."""
     if not isinstance(e, (torch.OutOfMemoryError, MemoryError)):
         return None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -197,9 +198,13 @@ def train_groups(
     epochs = config.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise StgError(f"--epochs must be at least 1, got {epochs}")
-    resolve_device(device)
     if executor == "ray":
+        if device not in ("auto", "cpu", "cuda"):
+            raise StgError(f"--executor ray takes --device auto, cpu or cuda, not {device!r}: Ray gives each "
+                           "task its GPU")
         _import_ray()
+    else:
+        resolve_device(device)
     if taskset is None:
         from stg.datasets import load_taskset_from_spec  # lazy: loaders are heavy
 
@@ -263,8 +268,7 @@ def train_groups(
                 results = _run_ray(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
                                    cancel=cancel, total_steps=total_steps, status=status, write_status=write_status)
         except BaseException as e:
-            oom = memory_error(e, f"training {config.model} specialists at batch size {config.batch_size}",
-                               resolve_device(device))
+            oom = memory_error(e, f"training {config.model} specialists at batch size {config.batch_size}", device)
             write_status(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
                          error=None if isinstance(e, KeyboardInterrupt) else str(oom or f"{type(e).__name__}: {e}"))
             if oom is not None:
@@ -343,6 +347,17 @@ def _import_ray():
     return ray
 
 
+def ray_gpu_share(device: str, cluster_gpus: float, n_tasks: int) -> float:
+    """The GPUs each of ``n_tasks`` Ray tasks asks for: a whole GPU each when the cluster has enough,
+    else an equal share so that all of them run at once (1/2 each for 3 tasks on 2 GPUs); 0 for the
+    CPU, and for ``auto`` on a cluster without GPUs."""
+    if device == "cpu" or (device == "auto" and cluster_gpus < 1):
+        return 0.0
+    if cluster_gpus < 1:
+        raise StgError(f"--device {device} with --executor ray: the Ray cluster has no GPU; use --device cpu or auto")
+    return 1.0 / math.ceil(n_tasks / int(cluster_gpus))
+
+
 def _run_ray(families: list[Family], taskset: TaskSet, config: TrainConfig, *, epochs: int, device: str,
              out: Path, emit: EventFn, cancel: threading.Event, total_steps: int, status: dict[str, Any],
              write_status: Callable[..., None]) -> dict[str, dict[str, Any]] | None:
@@ -357,10 +372,11 @@ def _run_ray(families: list[Family], taskset: TaskSet, config: TrainConfig, *, e
         ray.init(include_dashboard=False, log_to_driver=False)
         started = True
     try:
-        gpus = 1.0 / len(families) if resolve_device(device).type == "cuda" else 0
+        gpus = ray_gpu_share(device, float(ray.cluster_resources().get("GPU", 0)), len(families))
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_train_family)
         ts = ray.put(taskset)
-        refs = {remote.remote(f, ts, config, epochs=epochs, device=device, out=out): f.name for f in families}
+        on = "cuda" if gpus else "cpu"  # a task sees only the GPU Ray gave it
+        refs = {remote.remote(f, ts, config, epochs=epochs, device=on, out=out): f.name for f in families}
         results: dict[str, dict[str, Any]] = {}
         pending = list(refs)
         while pending:

@@ -290,6 +290,8 @@ def test_bad_input(tiny_run, tmp_path: Path) -> None:
         train_groups(run, "g2", baselines=("mtl", "stlx"), taskset=ts)
     with pytest.raises(StgError, match="unknown executor"):
         train_groups(run, "g2", executor="dask", taskset=ts)
+    with pytest.raises(StgError, match="--executor ray takes --device auto, cpu or cuda, not 'cuda:1'"):
+        train_groups(run, "g2", executor="ray", device="cuda:1", taskset=ts)
     assert not (run.path / "groups").exists()  # nothing written
 
 
@@ -305,6 +307,17 @@ def test_running_out_of_memory_in_grouped_training_is_one_line(tiny_run, tmp_pat
         train_groups(run, "g2", device="cpu", taskset=ts)
     status = json.loads((run.groups_dir("g2") / "status.json").read_text())
     assert status["status"] == "failed" and status["error"].startswith("out of memory on cpu")
+
+
+def test_ray_gpu_share() -> None:
+    from stg.groups import ray_gpu_share
+
+    assert ray_gpu_share("cpu", 8, 3) == 0 and ray_gpu_share("auto", 0, 3) == 0
+    assert ray_gpu_share("cuda", 8, 3) == 1.0 and ray_gpu_share("auto", 3, 3) == 1.0  # a GPU each
+    assert ray_gpu_share("cuda", 2, 3) == 0.5  # all three at once: two share a GPU
+    assert ray_gpu_share("cuda", 1, 21) == 1 / 21
+    with pytest.raises(StgError, match="the Ray cluster has no GPU"):
+        ray_gpu_share("cuda", 0, 3)
 
 
 @pytest.mark.slow
