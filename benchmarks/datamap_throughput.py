@@ -198,8 +198,9 @@ def engine_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device
             report(p.images_per_s if p.epoch > 1 else None)
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_datamap(ts, TrainConfig(model=model_name, epochs=repeats + 1, batch_size=batch, device=str(device)),
-                      f"{tmp}/run", on_event=on_event)
+        meta = train_datamap(ts, TrainConfig(model=model_name, epochs=repeats + 1, batch_size=batch,
+                                             device=str(device)), f"{tmp}/run", on_event=on_event)
+    print(f"engine steps: {meta['history'][-1]['step']}", flush=True)
 
 
 def _worker(conn: Connection, loop: str, args: argparse.Namespace, n: int) -> None:

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     ratios = sorted(s / c for s, c in zip(seqs, concs))
 
     print(f"device={device} model={args.model} k={args.k} tasks={args.tasks} batch={batch} steps={steps} "
-          f"threads={torch.get_num_threads()} concurrent={kind} repeats={args.repeats} (medians; "
+          f"threads={torch.get_num_threads()} concurrent={kind} cuda_graphs={graphs_enabled(device)} "
+          f"repeats={args.repeats} (medians; "
           f"sequential/concurrent per round {', '.join(f'{r:.2f}' for r in ratios)})")
     print(f"{'mode':<12}{'models':>8}{'seconds':>10}{'model-img/s':>14}{'vs one':>9}")
     for name, models, secs in (("one", 1, one), ("sequential", args.k, seq), ("concurrent", args.k, conc)):
