@@ -57,6 +57,7 @@ class StepGraph(Generic[T]):
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: T | None = None
         self.index: torch.Tensor | None = None
+        self.stream: torch.cuda.Stream | None = None
         self.warm = 0
         self.replays = 0
         self.failure: str | None = None  # why capture failed, when it did
@@ -93,10 +94,17 @@ class StepGraph(Generic[T]):
         self.optimizer.zero_grad(set_to_none=self.graph is None)
         return self.step(index)
 
+    def _side_stream(self) -> torch.cuda.Stream:
+        """The stream the warm-up steps and the capture run on: one stream, so that the cuBLAS /
+        hipBLASLt handles and workspaces the capture needs already exist for it."""
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
+        return self.stream
+
     def _warmup(self, index: torch.Tensor) -> T:
-        """An eager step on a side stream, as capture requires of the steps before it."""
+        """An eager step on the side stream, as capture requires of the steps before it."""
         current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
+        side = self._side_stream()
         side.wait_stream(current)
         with torch.cuda.stream(side):
             out = self._eager(index)
@@ -113,7 +121,8 @@ class StepGraph(Generic[T]):
                 graph.register_generator_state(g)
             # one capture at a time in the process; thread_local: another job's thread may use
             # the GPU while this one records
-            with _CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=self._side_stream(),
+                                                 capture_error_mode="thread_local"):
                 outputs = self.step(self.index)
         except Exception as e:  # anything capture cannot record: fall back to eager steps
             self.enabled = False

@@ -23,18 +23,21 @@ class FakeCUDA:
         self.recording: FakeGraph | None = None
         self.fail_capture = fail_capture
         self.captures = 0
+        self.streams: list[object] = []  # side streams made
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         fake = self
 
         class Stream:
-            def __init__(self, *args: object) -> None: ...
+            def __init__(self, *args: object) -> None:
+                fake.streams.append(self)
 
             def wait_stream(self, other: object) -> None: ...
 
         @contextlib.contextmanager
-        def graph(g: FakeGraph, capture_error_mode: str = "global") -> Iterator[None]:
+        def graph(g: FakeGraph, stream: object = None, capture_error_mode: str = "global") -> Iterator[None]:
             assert capture_error_mode == "thread_local"
+            assert stream is not None and fake.streams == [stream]  # the warm-up steps' stream
             fake.captures += 1
             fake.recording = g
             try:
@@ -44,12 +47,14 @@ class FakeCUDA:
             finally:
                 fake.recording = None
 
+        current = Stream()
+        fake.streams.clear()  # the current stream is not a side stream
         monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
         monkeypatch.setattr(torch.cuda, "graph", graph)
         monkeypatch.setattr(torch.cuda, "Stream", Stream)
         monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
         monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
         monkeypatch.setattr(stepgraph, "graphs_enabled", lambda device: True)
 
 
