@@ -392,23 +392,29 @@ def _train_datamap_locked(
     try:
         return _train_run(run, meta, resumed, taskset, config, device, on_event, cancel, probes)
     except BaseException as e:
-        oom = memory_error(e, f"training {config.model} at batch size {config.batch_size}", device)
-        meta.update(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-                    error=None if isinstance(e, KeyboardInterrupt) else str(oom or f"{type(e).__name__}: {e}"))
+        record, oom = training_stopped(e, f"training {config.model} at batch size {config.batch_size}", device)
+        meta.update(record)
         run.write(meta)
         if oom is not None:
             raise oom from None
         raise
 
 
-def memory_error(e: BaseException, what: str, device: torch.device | str) -> StgError | None:
-    """A one-line StgError for running out of memory (GPU or host) while ``what``; else None."""
+def training_stopped(
+    e: BaseException, what: str, device: torch.device | str
+) -> tuple[dict[str, Any], StgError | None]:
+    """How a training that ``e`` stopped is recorded ({status, error}, for run.json or status.json),
+    and the one-line StgError to raise instead of ``e`` when it ran out of memory (GPU or host)
+    while ``what``, else None."""
+    if isinstance(e, KeyboardInterrupt):
+        return {"status": "cancelled", "error": None}, None
     if not isinstance(e, (torch.OutOfMemoryError, MemoryError)):
-        return None
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}, None
     tried = re.search(r"[Tt]ried to allocate [\d.]+ \w+", str(e))
     detail = f" ({tried.group(0).lower()})" if tried else ""
-    return StgError(f"out of memory on {device}{detail} while {what}: use a smaller --batch-size or model; "
-                    "finished epochs are kept, so the same command resumes")
+    oom = StgError(f"out of memory on {device}{detail} while {what}: use a smaller --batch-size or model; "
+                   "finished epochs are kept, so the same command resumes")
+    return {"status": "failed", "error": str(oom)}, oom
 
 
 def _train_run(

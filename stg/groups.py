@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from stg.engine import DeviceData, Progress, TrainConfig, channel_stats, memory_error, resolve_device, versions
+from stg.engine import DeviceData, Progress, TrainConfig, channel_stats, resolve_device, training_stopped, versions
 from stg.errors import StgError
 from stg.evaluate import METRICS, ensemble_logits, ensemble_weights, evaluate_logits
 from stg.rundir import RunDir, atomic_write_json, exclusive
@@ -268,9 +268,9 @@ def train_groups(
                 results = _run_ray(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
                                    cancel=cancel, total_steps=total_steps, status=status, write_status=write_status)
         except BaseException as e:
-            oom = memory_error(e, f"training {config.model} specialists at batch size {config.batch_size}", device)
-            write_status(status="cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-                         error=None if isinstance(e, KeyboardInterrupt) else str(oom or f"{type(e).__name__}: {e}"))
+            record, oom = training_stopped(e, f"training {config.model} specialists at batch size "
+                                              f"{config.batch_size}", device)
+            write_status(**record)
             if oom is not None:
                 raise oom from None
             raise
