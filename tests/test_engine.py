@@ -19,7 +19,7 @@ from stg.engine import StepInfo, TrainConfig, train_datamap
 from stg.errors import StgError
 from stg.loss import per_task_loop_bce, weighted_bce
 from stg.rundir import RunDir
-from tiny import CPU_AND_CUDA, tiny_taskset
+from tiny import CPU_AND_CUDA, out_of_memory_after, tiny_taskset
 
 HERE = Path(__file__).resolve().parent
 
@@ -254,25 +254,11 @@ def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"garbage"
 
 
-def _out_of_memory_after(calls: int, real):
-    """``real`` that raises torch's CUDA out-of-memory error from call ``calls + 1`` on."""
-    count = [0]
-
-    def fn(*args, **kwargs):
-        count[0] += 1
-        if count[0] > calls:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
-                                         "capacity of 79.19 GiB of which 1.06 GiB is free.\nmore lines")
-        return real(*args, **kwargs)
-
-    return fn
-
-
 def test_running_out_of_memory_is_one_line_and_keeps_finished_epochs(tmp_path: Path, monkeypatch) -> None:
     import stg.engine
 
     ts = tiny_taskset()  # 6 steps an epoch at batch 16: fail in epoch 2
-    monkeypatch.setattr(stg.engine, "weighted_bce", _out_of_memory_after(8, weighted_bce))
+    monkeypatch.setattr(stg.engine, "weighted_bce", out_of_memory_after(8, weighted_bce))
     config = TrainConfig(epochs=3, batch_size=16)
     with pytest.raises(StgError) as info:
         train_datamap(ts, config, tmp_path / "r")

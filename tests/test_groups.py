@@ -28,7 +28,7 @@ from stg.specialists import (
     set_dropout,
     train_ensemble,
 )
-from tiny import CPU_AND_CUDA, tiny_taskset
+from tiny import CPU_AND_CUDA, out_of_memory_after, tiny_taskset
 
 
 class DoubleData(DeviceData):
@@ -297,11 +297,10 @@ def test_bad_input(tiny_run, tmp_path: Path) -> None:
 
 def test_running_out_of_memory_in_grouped_training_is_one_line(tiny_run, tmp_path: Path, monkeypatch) -> None:
     import stg.specialists
-    from test_engine import _out_of_memory_after
 
     src, ts = tiny_run
     run = _copy_run(src, tmp_path / "oom")
-    monkeypatch.setattr(stg.specialists, "ensemble_loss", _out_of_memory_after(4, stg.specialists.ensemble_loss))
+    monkeypatch.setattr(stg.specialists, "ensemble_loss", out_of_memory_after(4, stg.specialists.ensemble_loss))
     with pytest.raises(StgError, match=r"^out of memory on cpu \(tried to allocate 2\.00 gib\) while training "
                                        r"cnn specialists at batch size 16: .*resumes$"):
         train_groups(run, "g2", device="cpu", taskset=ts)

@@ -1,4 +1,5 @@
-"""A tiny, fast TaskSet built directly (no loader) for engine tests, and the devices tests run on."""
+"""A tiny, fast TaskSet built directly (no loader) for engine tests, the devices tests run on, and an
+injected out-of-memory error."""
 
 from __future__ import annotations
 
@@ -37,3 +38,17 @@ def tiny_taskset(n_train: int = 96, n_val: int = 32, n_tasks: int = 4, size: int
             "top": list(names[: n_tasks // 2]), "bottom": list(names[n_tasks // 2:])}},
         tasks_spec="ovr:all", seed=seed,
     )
+
+
+def out_of_memory_after(calls: int, real):
+    """``real`` that raises torch's CUDA out-of-memory error from call ``calls + 1`` on."""
+    count = [0]
+
+    def fn(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                         "capacity of 79.19 GiB of which 1.06 GiB is free.\nmore lines")
+        return real(*args, **kwargs)
+
+    return fn
