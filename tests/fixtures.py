@@ -1,4 +1,4 @@
-"""Official-format CIFAR fixtures built from the real pieces in ``<repo>/../shared/data``.
+"""Official-format CIFAR fixtures built from the real pieces in ``tests/data`` (see its README.md).
 
 The pickles are written the way the official ones are laid out (dicts with bytes keys, ``data``
 an (N, 3072) uint8 row-major CHW numpy array, labels as lists of ints), so the real loaders read
@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+# The CIFAR-10 fixture: 5 data batches of CIFAR10_BATCH images + a test_batch of CIFAR10_TEST images,
+# cut in order from the 400 real images of ``tests/data/cifar10_train_first400.npz``.
+CIFAR10_BATCH = 60
+CIFAR10_TRAIN = 5 * CIFAR10_BATCH  # 300
+CIFAR10_TEST = 100
 
 # The standard CIFAR-100 superclasses (coarse label order = the official meta's coarse names).
 CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
@@ -71,8 +77,8 @@ def write_cifar100(root: Path) -> Path:
     """root/cifar-100-python/{train,test,meta}: train = the 100 real images, test = the last 20."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SHARED_DATA / "cifar-100-python" / "meta", folder / "meta")
-    z = np.load(SHARED_DATA / "cifar100_train_first100.npz")
+    shutil.copy(TEST_DATA / "cifar-100-python" / "meta", folder / "meta")
+    z = np.load(TEST_DATA / "cifar100_train_first100.npz")
     images, fine = z["images"], z["fine_labels"].astype(np.int64)
     coarse = fine_to_coarse(folder / "meta")[fine]
     for split, sl in (("train", slice(0, 100)), ("test", slice(80, 100))):
@@ -87,14 +93,16 @@ def write_cifar100(root: Path) -> Path:
 
 
 def write_cifar10(root: Path) -> Path:
-    """root/cifar-10-batches-py: 5 data batches of 700 + test_batch of 500 from 4,000 real images."""
+    """root/cifar-10-batches-py: 5 data batches of 60 + test_batch of 100 from 400 real images."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SHARED_DATA / "cifar-10-batches-py" / "batches.meta", folder / "batches.meta")
-    z = np.load(SHARED_DATA / "cifar10_train_first4000.npz")
+    shutil.copy(TEST_DATA / "cifar-10-batches-py" / "batches.meta", folder / "batches.meta")
+    z = np.load(TEST_DATA / "cifar10_train_first400.npz")
     images, labels = z["images"], z["labels"].astype(np.int64)
-    parts = [(f"data_batch_{i + 1}", slice(700 * i, 700 * (i + 1))) for i in range(5)]
-    parts.append(("test_batch", slice(3500, 4000)))
+    assert len(images) == CIFAR10_TRAIN + CIFAR10_TEST
+    size = CIFAR10_BATCH
+    parts = [(f"data_batch_{i + 1}", slice(size * i, size * (i + 1))) for i in range(5)]
+    parts.append(("test_batch", slice(CIFAR10_TRAIN, CIFAR10_TRAIN + CIFAR10_TEST)))
     for name, sl in parts:
         _dump(folder / name, {
             b"batch_label": name.encode(),
