@@ -17,8 +17,8 @@ import numpy as np
 import streamlit as st
 
 from stg.errors import StgError  # noqa: F401 (pages use common.StgError)
-from stg.jobs import JobManager, get_manager
-from stg.rundir import RunDir, list_runs
+from stg.runs.jobs import JobManager, get_manager
+from stg.runs.rundir import RunDir, list_runs
 
 STATUS_ICON = {"running": ":material/autorenew:", "done": ":material/check_circle:", "failed": ":material/error:",
                "cancelled": ":material/stop_circle:", "interrupted": ":material/pause_circle:",
@@ -159,7 +159,7 @@ def datamap_grid_figure(run: RunDir, epoch: int, *, bins: int = 24):
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _coords(path: str, mtime: float, epochs: str) -> np.ndarray:
-    from stg.features import task_coordinates
+    from stg.grouping.features import task_coordinates
 
     return task_coordinates(RunDir(path), epochs=epochs)
 

@@ -1,7 +1,7 @@
 """Data-map training throughput: the stg engine vs a naive loop with the official code's structure.
 
 Measured in one run, on the same data, model, batch size and device:
-- engine:     ``stg.engine.train_datamap`` (recorder on, device-resident data, on-device augmentation,
+- engine:     ``stg.datamap.run.train_datamap`` (recorder on, device-resident data, on-device augmentation,
               one vectorised loss); images/s of its training passes after the first epoch
 - naive:      the official STG-MTL trainer's structure, its model as it runs (fp32, NCHW, torch's
               ``nn.Dropout`` and ``nn.BatchNorm2d``, ReLU before max-pool, torch's default Adam, the
@@ -14,7 +14,7 @@ Measured in one run, on the same data, model, batch size and device:
               precision, layout and allocator settings, and as the engine runs a step (a CUDA graph
               replay on CUDA): the ceiling
 
-Each loop runs in its own fresh process (so the engine's process-wide settings, ``stg.hostmem``,
+Each loop runs in its own fresh process (so the engine's process-wide settings, ``stg.train.hostmem``,
 never reach the naive loop) and is timed over ``--repeats`` passes, taken round-robin one at a time
 so that a machine whose speed drifts slows all three alike; the medians are compared (ratios hold on
 a noisy machine; absolute numbers do not). Prints a table; the last line is
@@ -41,11 +41,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from stg.engine import Progress, TrainConfig, adam, autocast, prepare_model, resolve_device, train_datamap
-from stg.loss import per_task_loop_bce, weighted_bce
-from stg.models import BatchNorm2d, Dropout, build_model
-from stg.stepgraph import WARMUP_STEPS, StepGraph
-from stg.taskset import Split, TaskSet
+from stg.datamap.run import train_datamap
+from stg.train.config import TrainConfig
+from stg.train.device import adam, autocast, prepare_model, resolve_device
+from stg.train.loop import Monitor, Progress
+from stg.train.loss import per_task_loop_bce, weighted_bce
+from stg.train.models import BatchNorm2d, Dropout, build_model
+from stg.train.stepgraph import WARMUP_STEPS, StepGraph
+from stg.data.taskset import Split, TaskSet
 
 
 LOOPS = ("engine", "naive", "model_only")
@@ -158,7 +161,7 @@ def naive_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device,
 def model_only_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device, steps: int,
                       repeats: int, report: Report) -> None:
     """``repeats`` timed chunks of ``steps`` steps on one fixed batch (after the warm-up steps a CUDA
-    graph capture needs), run as the engine runs its steps (``stg.stepgraph``)."""
+    graph capture needs), run as the engine runs its steps (``stg.train.stepgraph``)."""
     c, size, _ = ts.image_shape
     model = prepare_model(build_model(model_name, in_channels=c, size=size, n_tasks=ts.n_tasks), device)
     opt = adam(model.parameters(), 1e-3, device)
@@ -199,7 +202,7 @@ def engine_passes(ts: TaskSet, model_name: str, batch: int, device: torch.device
 
     with tempfile.TemporaryDirectory() as tmp:
         meta = train_datamap(ts, TrainConfig(model=model_name, epochs=repeats + 1, batch_size=batch,
-                                             device=str(device)), f"{tmp}/run", on_event=on_event)
+                                             device=str(device)), f"{tmp}/run", monitor=Monitor(on_event))
     print(f"engine steps: {meta['history'][-1]['step']}", flush=True)
 
 

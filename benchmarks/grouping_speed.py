@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stg.grouping import make_grouping  # noqa: E402
-from stg.rundir import RunDir  # noqa: E402
+from stg.grouping.make import make_grouping  # noqa: E402
+from stg.runs.rundir import RunDir  # noqa: E402
 
 
 def synthetic_run(path: Path, *, n_tasks: int, n_samples: int, n_groups: int, seed: int = 0) -> tuple[RunDir, np.ndarray]:

@@ -6,7 +6,7 @@ tasks. Three measurements on the same device, same steps and batch size:
   one       a single standalone model (build_model + Adam + weighted_bce), the engine's step;
             the median over the k standalone runs
   sequential k standalone models trained one after another (the naive way)
-  concurrent the k models fused (stg.specialists.build_ensemble: wide CNN / vmapped ResNet)
+  concurrent the k models fused (stg.specialists.ensembles.build_ensemble: wide CNN / vmapped ResNet)
 
 Prints a table and a last line
 ``concurrent_vs_one=<time(k concurrent)/time(1 model)> sequential_vs_concurrent=<speedup>``.
@@ -23,12 +23,13 @@ import time
 
 import torch
 
-from stg.engine import DeviceData, adam, autocast, channel_stats, epoch_batches, prepare_model, resolve_device
-from stg.loss import weighted_bce
-from stg.models import MODEL_NAMES, build_model
-from stg.specialists import build_ensemble, ensemble_loss, to_device
-from stg.stepgraph import WARMUP_STEPS, StepGraph, graphs_enabled
-from stg.taskset import Split
+from stg.train.device import DeviceData, adam, autocast, channel_stats, prepare_model, resolve_device
+from stg.train.loop import epoch_batches
+from stg.train.loss import weighted_bce
+from stg.train.models import MODEL_NAMES, build_model
+from stg.specialists.ensembles import build_ensemble, ensemble_loss, to_device
+from stg.train.stepgraph import WARMUP_STEPS, StepGraph, graphs_enabled
+from stg.data.taskset import Split
 
 
 def _sync(device: torch.device) -> None:
@@ -55,7 +56,7 @@ def batches(data: DeviceData, steps: int, batch_size: int) -> list[torch.Tensor]
 
 def time_steps(module: torch.nn.Module, loss_fn, data: DeviceData, index: list[torch.Tensor], warmup: int) -> float:
     """Seconds for len(index) Adam steps of ``module`` on ``loss_fn(logits, y)``, run as the engine
-    runs its steps (``stg.stepgraph``), after ``warmup`` untimed steps (at least the warm-up and
+    runs its steps (``stg.train.stepgraph``), after ``warmup`` untimed steps (at least the warm-up and
     capture steps of a CUDA graph)."""
     opt = adam(module.parameters(), 1e-3, data.device)
     g = torch.Generator(device=data.device).manual_seed(2)
@@ -94,7 +95,7 @@ def time_one(model_name: str, seed: int, data: DeviceData, index: list[torch.Ten
 
 def time_concurrent(model_name: str, k: int, data: DeviceData, index: list[torch.Tensor], weights: torch.Tensor,
                     pos_weight: torch.Tensor, warmup: int, mode: str) -> tuple[float, str]:
-    """Seconds for the k-model ensemble (``mode``, as stg.specialists.build_ensemble), and its class name."""
+    """Seconds for the k-model ensemble (``mode``, as stg.specialists.ensembles.build_ensemble), and its class name."""
     ens = to_device(build_ensemble(model_name, seeds=list(range(k)), in_channels=3, size=32,
                                    n_tasks=len(pos_weight), mode=mode, device=data.device), data.device)
     seconds = time_steps(ens, lambda z, y: ensemble_loss(z, y, pos_weight=pos_weight, weights=weights).sum(),

@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stg.fashion import FILES, SYSTEM_DIR, find_files, read_idx  # noqa: E402
+from stg.data.fashion import FILES, SYSTEM_DIR, find_files, read_idx  # noqa: E402
 
 SEED = 20240607
 PER_CLASS = {"train": 400, "test": 100}

@@ -44,16 +44,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=_float, default=0.1, help="share of the training set held out for validation (default 0.1)")
 
 
-def _data_spec(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
-    root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
-    return {"dataset": dataset, "data_root": root, "tasks": args.tasks, "limit": args.limit,
-            "val_fraction": args.val_fraction, "split_seed": args.seed}
+def _data_spec(args: argparse.Namespace, dataset: str):
+    from stg.data.spec import DataSpec
+
+    return DataSpec.make(dataset, data_root=args.data_root, tasks=args.tasks, limit=args.limit,
+                         val_fraction=args.val_fraction, split_seed=args.seed)
 
 
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from stg.datasets import load_taskset_from_spec
+    from stg.data.datasets import load_taskset_from_spec
 
     spec = _data_spec(args, args.name)
     taskset = load_taskset_from_spec(spec, download=args.download)
@@ -126,9 +127,12 @@ def _ctrl_c_cancels() -> Iterator[threading.Event]:
 
 
 def cmd_datamap(args: argparse.Namespace) -> int:
-    from stg.datasets import load_taskset_from_spec
-    from stg.engine import TrainConfig, train_datamap
-    from stg.rundir import RunDir
+    from stg.data.datasets import load_taskset_from_spec
+    from stg.data.spec import DataSpec
+    from stg.datamap.run import train_datamap
+    from stg.runs.rundir import RunDir
+    from stg.train.config import TrainConfig
+    from stg.train.loop import Monitor
 
     out = Path(args.out)
     run = RunDir(out)
@@ -136,15 +140,15 @@ def cmd_datamap(args: argparse.Namespace) -> int:
         if not run.exists():
             raise StgError("--dataset is required for a new run (or point --out at an existing run to resume it)")
         meta = run.read()
-        spec = meta["data"]
-        config = TrainConfig(**{**meta["config"], **_given_train_args(args)})
+        spec = DataSpec.from_meta(meta.get("data"))
+        config = TrainConfig.from_meta({**(meta.get("config") or {}), **_given_train_args(args)})
     else:
         spec = _data_spec(args, args.dataset)
         config = TrainConfig(**{**_given_train_args(args), "seed": args.seed, "augment": not args.no_augment,
                                 "ddof": args.ddof})
     taskset = load_taskset_from_spec(spec, download=args.download)
     with _ctrl_c_cancels() as cancel:
-        meta = train_datamap(taskset, config, out, data_spec=spec, on_event=_Bar(), cancel=cancel)
+        meta = train_datamap(taskset, config, out, data_spec=spec, monitor=Monitor(_Bar(), cancel))
     if meta["status"] == "cancelled":
         print(f"cancelled after {meta['epochs_done']} finished epoch(s); run `stg datamap --out {out}` to resume",
               file=sys.stderr)
@@ -168,8 +172,8 @@ def _given_train_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_group(args: argparse.Namespace) -> int:
-    from stg.grouping import make_grouping, summary_lines
-    from stg.rundir import RunDir
+    from stg.grouping.make import make_grouping, summary_lines
+    from stg.runs.rundir import RunDir
 
     run = RunDir(args.run)
     run.read()
@@ -184,8 +188,8 @@ def cmd_group(args: argparse.Namespace) -> int:
 
 def _print_k_scan(run, args: argparse.Namespace) -> None:
     """Quality indices over k = 2 .. min(T - 1, 30), the recommended k, and the seed stability of --k."""
-    from stg.features import task_coordinates
-    from stg.quality import recommend_k, scan_k, stability
+    from stg.grouping.features import task_coordinates
+    from stg.grouping.quality import recommend_k, scan_k, stability
 
     x = task_coordinates(run, epochs=args.epochs, projection_dim=args.projection_dim, seed=args.seed)
     ks = list(range(2, min(len(x) - 1, 30) + 1))
@@ -202,15 +206,16 @@ def _print_k_scan(run, args: argparse.Namespace) -> None:
 
 
 def cmd_train_groups(args: argparse.Namespace) -> int:
-    from stg.groups import summary_table, train_groups
-    from stg.rundir import RunDir
+    from stg.runs.rundir import RunDir
+    from stg.specialists.grouped import summary_table, train_groups
+    from stg.train.loop import Monitor
 
     run = RunDir(args.run)
     run.read()
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     with _ctrl_c_cancels() as cancel:
         metrics = train_groups(run, args.grouping, epochs=args.epochs, baselines=baselines, hard=args.hard,
-                               executor=args.executor, device=args.device, on_event=_Bar(), cancel=cancel)
+                               executor=args.executor, device=args.device, monitor=Monitor(_Bar(), cancel))
     if metrics.get("status") == "cancelled":
         print(f"cancelled; run `stg train-groups {run.path} --grouping {args.grouping}` again to resume",
               file=sys.stderr)
@@ -221,8 +226,8 @@ def cmd_train_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from stg.export import export_grouping
-    from stg.rundir import RunDir, atomic_write_bytes
+    from stg.runs.export import export_grouping
+    from stg.runs.rundir import RunDir, atomic_write_bytes
 
     run = RunDir(args.run)
     meta = run.read()
@@ -247,7 +252,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     import urllib.request
     import webbrowser
 
-    app = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+    app = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     if not app.is_file():
         raise StgError(f"the dashboard is not installed next to the library (looked for {app}): install stg from a checkout")
     env = {**os.environ, "STG_RUNS": str(Path(args.runs).expanduser().resolve())}
@@ -287,7 +292,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from stg.catalog import DATASET_NAMES
+    from stg.data.catalog import DATASET_NAMES
 
     parser = _Parser(prog="stg", description="Find which classification tasks to train together.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

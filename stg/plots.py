@@ -245,7 +245,7 @@ def membership_heatmap(membership: np.ndarray, task_names: Sequence[str], *, tit
 
 
 def contingency_heatmap(table: Any, *, title: str | None = None) -> go.Figure:
-    """A reference-groups x clusters count table (pandas DataFrame from stg.reference.contingency)."""
+    """A reference-groups x clusters count table (pandas DataFrame from stg.grouping.reference.contingency)."""
     z = np.asarray(table.values, dtype=np.int32)
     rows = [str(r) for r in table.index]
     cols = [f"cluster {c}" for c in table.columns]
@@ -257,7 +257,7 @@ def contingency_heatmap(table: Any, *, title: str | None = None) -> go.Figure:
 
 
 def k_scan_figure(scan: Sequence[Mapping[str, float]], *, recommended: int | None = None) -> go.Figure:
-    """Silhouette, partition coefficient and Xie-Beni against k (rows from stg.quality.scan_k)."""
+    """Silhouette, partition coefficient and Xie-Beni against k (rows from stg.grouping.quality.scan_k)."""
     ks = [int(r["k"]) for r in scan]
     fig = make_subplots(rows=1, cols=3, subplot_titles=("silhouette (higher is better)",
                                                         "partition coefficient", "Xie-Beni (lower is better)"))

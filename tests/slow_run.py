@@ -8,26 +8,22 @@ import time
 
 import torch
 
-from stg.engine import TrainConfig, train_datamap
+from stg.datamap.run import train_datamap
+from stg.train.config import TrainConfig
+from stg.train.hooks import Hook
 from tiny import tiny_taskset
 
 torch.set_num_threads(1)
 
 
-class Sleep:
+class Sleep(Hook):
     def __init__(self, seconds: float):
         self.seconds = seconds
 
-    def on_step(self, info) -> None:
+    def after_update(self, ctx) -> None:
         time.sleep(self.seconds)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 if __name__ == "__main__":
     out, pause = sys.argv[1], float(sys.argv[2])
-    train_datamap(tiny_taskset(n_train=160), TrainConfig(epochs=5, batch_size=16), out, probes=[Sleep(pause)])
+    train_datamap(tiny_taskset(n_train=160), TrainConfig(epochs=5, batch_size=16), out, hooks=[Sleep(pause)])

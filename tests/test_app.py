@@ -11,9 +11,11 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from stg.engine import TrainConfig, train_datamap  # noqa: E402
-from stg.jobs import get_manager  # noqa: E402
-from stg.rundir import RunDir  # noqa: E402
+from stg.data.spec import DataSpec  # noqa: E402
+from stg.datamap.run import train_datamap  # noqa: E402
+from stg.train.config import TrainConfig  # noqa: E402
+from stg.runs.jobs import get_manager  # noqa: E402
+from stg.runs.rundir import RunDir  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app"
 PAGES = {
@@ -25,14 +27,13 @@ PAGES = {
     "5_export.py": "Export",
     "6_learn.py": "Learn",
 }
-SPEC = {"dataset": "fashion-sample", "data_root": None, "tasks": "composite", "limit": 400,
-        "val_fraction": 0.1, "split_seed": 0}
+SPEC = DataSpec("fashion-sample", tasks="composite", limit=400)
 
 
 @pytest.fixture(scope="module")
 def prepared_run(tmp_path_factory) -> Path:
     """A finished 2-epoch run on 400 embedded Fashion-MNIST images with the composite task spec."""
-    from stg.datasets import load_taskset
+    from stg.data.datasets import load_taskset
 
     root = tmp_path_factory.mktemp("runs")
     taskset = load_taskset("fashion-sample", tasks="composite", limit=400)
@@ -200,7 +201,7 @@ def test_learn_page_explains_special_tasks(runs: Path) -> None:
 
 
 def test_grouped_training_runs_in_background_and_shows_results(runs: Path) -> None:
-    from stg.grouping import make_grouping
+    from stg.grouping.make import make_grouping
 
     make_grouping(RunDir(runs / "demo"), k=3, name="g3")
     at = page("4_grouped_training.py").run()

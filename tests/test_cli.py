@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stg.rundir import RunDir
+from stg.runs.rundir import RunDir
 
 STG = [sys.executable, "-m", "stg.cli"]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from stg.cifar import load_cifar10, load_cifar100
-from stg.datasets import DATASET_NAMES, load_classdata, load_taskset
+from stg.data.cifar import load_cifar10, load_cifar100
+from stg.data.datasets import DATASET_NAMES, load_classdata, load_taskset
 from stg.errors import StgError
-from stg.fashion import SYSTEM_DIR, read_idx
-from stg.taskspec import PRESETS, build_taskset, stratified_subset
-from fixtures import CIFAR100_SUPERCLASSES, SHARED_DATA, write_cifar10, write_cifar100
+from stg.data.fashion import SYSTEM_DIR, read_idx
+from stg.data.taskspec import PRESETS, build_taskset, stratified_subset
+from fixtures import CIFAR100_SUPERCLASSES, TEST_DATA, write_cifar10, write_cifar100
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -58,7 +58,7 @@ def test_cifar100_real_pieces(cifar_root: Path) -> None:
     assert data.train_images.shape == (100, 3, 32, 32) and data.train_images.dtype == torch.uint8
     assert data.test_images.shape == (20, 3, 32, 32)
     assert len(data.class_names) == 100 and data.class_names[19] == "cattle"
-    raw = np.load(SHARED_DATA / "cifar100_train_first100.npz")
+    raw = np.load(TEST_DATA / "cifar100_train_first100.npz")
     assert torch.equal(data.train_images, torch.from_numpy(raw["images"]).permute(0, 3, 1, 2))
     assert data.train_classes[:3].tolist() == [19, 29, 0]  # cattle, dinosaur, apple
     ref = data.class_references["superclass"]
@@ -93,12 +93,12 @@ def test_cifar100_default_spec_reports_empty_task(cifar_root: Path) -> None:
 def test_cifar10_paper10(cifar_root: Path) -> None:
     ts = load_taskset("cifar10", data_root=cifar_root)
     assert ts.tasks_spec == "paper10" and ts.task_names == CIFAR10
-    assert len(ts.train) + len(ts.val) == 3500 and len(ts.val) == 350 and len(ts.test) == 500
+    assert len(ts.train) + len(ts.val) == 300 and len(ts.val) == 30 and len(ts.test) == 100
     assert ts.train.images.shape[1:] == (3, 32, 32) and ts.train.labels.dtype == torch.float32
     assert torch.equal(ts.train.labels.argmax(1), ts.train.classes)
     assert torch.equal(ts.train.labels.sum(1), torch.ones(len(ts.train)))
-    raw = np.load(SHARED_DATA / "cifar10_train_first4000.npz")
-    assert torch.equal(ts.test.classes, torch.from_numpy(raw["labels"][3500:].astype(np.int64)))
+    raw = np.load(TEST_DATA / "cifar10_train_first400.npz")
+    assert torch.equal(ts.test.classes, torch.from_numpy(raw["labels"][300:].astype(np.int64)))
     ref = ts.references["vehicles-animals"]
     assert ref == {"vehicles": ["airplane", "automobile", "ship", "truck"],
                    "animals": ["bird", "cat", "deer", "dog", "frog", "horse"]}
@@ -116,13 +116,16 @@ def test_cifar10_paper15(cifar_root: Path) -> None:
     assert torch.equal(col["living"], ((cls >= 2) & (cls <= 7)).float())
     assert torch.equal(col["odd"], (cls % 2 == 1).float())
     assert torch.equal(col["not_living"], 1 - col["living"])
+    flags = []
     for split in (ts.train, ts.val, ts.test):  # flagged images are really upside down
         source = data.train_images if split is not ts.test else data.test_images
         flag = split.labels[:, ts.task_names.index("upside_down")].bool()
         original = source[split.index]
-        assert 0.4 < flag.float().mean() < 0.6
+        assert 0 < flag.sum() < len(flag)  # both kinds in every split (val is only 30 rows here)
         assert torch.equal(split.images[flag], original[flag].flip(-2))
         assert torch.equal(split.images[~flag], original[~flag])
+        flags.append(flag)
+    assert 0.4 < torch.cat(flags).float().mean() < 0.6  # Bernoulli(0.5) over all 400 images
     ref = ts.references["vehicles-animals"]
     assert ref["animals"][-1] == "living"
     for singleton in ("odd", "upside_down", "not_living", "random"):
@@ -152,13 +155,13 @@ def test_split_determinism(cifar_root: Path) -> None:
     c = build_taskset(data, seed=2)
     assert torch.equal(a.train.index, b.train.index) and torch.equal(a.val.index, b.val.index)
     assert not torch.equal(a.val.index, c.val.index)
-    perm = torch.randperm(3500, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a.val.index, perm[:350].sort().values)
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.val.index, perm[:30].sort().values)
     rows = torch.cat([a.train.index, a.val.index]).sort().values
-    assert torch.equal(rows, torch.arange(3500))
+    assert torch.equal(rows, torch.arange(300))
     z = build_taskset(data, seed=1, val_fraction=0.0)
-    assert len(z.val) == 0 and len(z.train) == 3500 and z.val.labels.shape == (0, 10)
-    assert build_taskset(data, seed=1, val_fraction=0.25).val.images.shape[0] == 875
+    assert len(z.val) == 0 and len(z.train) == 300 and z.val.labels.shape == (0, 10)
+    assert build_taskset(data, seed=1, val_fraction=0.25).val.images.shape[0] == 75
 
 
 def test_limit_is_stratified(cifar_root: Path) -> None:
@@ -167,7 +170,7 @@ def test_limit_is_stratified(cifar_root: Path) -> None:
     assert len(ts.train) + len(ts.val) == 200 and len(ts.val) == 20
     assert len(ts.test) == 50
     counts = torch.bincount(torch.cat([ts.train.classes, ts.val.classes]), minlength=10)
-    expected = torch.bincount(data.train_classes, minlength=10).float() * 200 / 3500
+    expected = torch.bincount(data.train_classes, minlength=10).float() * 200 / 300
     assert (counts.float() - expected).abs().max() <= 1.0
     again = build_taskset(data, seed=0, limit=200)
     assert torch.equal(ts.train.index, again.train.index)
@@ -295,7 +298,7 @@ def test_fashion_idx_layouts_and_corruption(tmp_path: Path) -> None:
 
 
 def test_synthetic_hierarchy() -> None:
-    from stg.synthetic import make_synthetic_hierarchy
+    from stg.data.synthetic import make_synthetic_hierarchy
 
     ts = load_taskset("synthetic-hierarchy")
     assert ts.n_tasks == 100 and ts.image_shape == (3, 32, 32)

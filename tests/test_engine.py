@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from stg.datamap import DataMapRecorder
-from stg.engine import StepInfo, TrainConfig, train_datamap
+from stg.datamap.recorder import DataMapRecorder
+from stg.datamap.run import train_datamap
+from stg.train.config import TrainConfig
+from stg.train.hooks import Hook, StepContext
+from stg.train.loop import Monitor
 from stg.errors import StgError
-from stg.loss import per_task_loop_bce, weighted_bce
-from stg.rundir import RunDir
+from stg.train.loss import per_task_loop_bce, weighted_bce
+from stg.runs.rundir import RunDir
 from tiny import CPU_AND_CUDA, out_of_memory_after, tiny_taskset
 
 HERE = Path(__file__).resolve().parent
@@ -67,23 +70,17 @@ def test_recorder_matches_numpy_on_random_batches(ddof: int, device: str) -> Non
         assert all(v.dtype == np.float32 and v.shape == (t, n) for v in snap.values())
 
 
-class ConfidenceLog:
-    """A probe that keeps every step's confidences, to check the written data maps against."""
+class ConfidenceLog(Hook):
+    """A hook that keeps every step's confidences, to check the written data maps against."""
 
     def __init__(self, n: int, t: int):
         self.per_epoch: dict[int, np.ndarray] = {}
         self.n, self.t = n, t
 
-    def on_step(self, info: StepInfo) -> None:
-        store = self.per_epoch.setdefault(info.epoch, np.full((self.t, self.n), np.nan))
-        c = DataMapRecorder.confidence(info.logits, info.targets)
-        store[:, info.index.cpu().numpy()] = c.t().double().cpu().numpy()
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def after_update(self, ctx: StepContext) -> None:
+        store = self.per_epoch.setdefault(ctx.epoch, np.full((self.t, self.n), np.nan))
+        c = DataMapRecorder.confidence(ctx.logits, ctx.targets)
+        store[:, ctx.index.cpu().numpy()] = c.t().double().cpu().numpy()
 
 
 @CPU_AND_CUDA
@@ -91,7 +88,7 @@ class ConfidenceLog:
 def test_written_datamaps_are_welford_of_step_confidences(tmp_path: Path, ddof: int, device: str) -> None:
     ts = tiny_taskset()
     log = ConfidenceLog(len(ts.train), ts.n_tasks)
-    train_datamap(ts, TrainConfig(epochs=3, batch_size=20, ddof=ddof, device=device), tmp_path / "run", probes=[log])
+    train_datamap(ts, TrainConfig(epochs=3, batch_size=20, ddof=ddof, device=device), tmp_path / "run", hooks=[log])
     run = RunDir(tmp_path / "run")
     assert run.datamap_epochs() == [1, 2, 3]
     for epoch in (1, 2, 3):
@@ -143,20 +140,14 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
     _assert_same_run(full, killed)
 
 
-class CancelAfter:
+class CancelAfter(Hook):
     def __init__(self, steps: int, event: threading.Event):
         self.steps, self.event, self.seen = steps, event, 0
 
-    def on_step(self, info: StepInfo) -> None:
+    def after_update(self, ctx: StepContext) -> None:
         self.seen += 1
         if self.seen == self.steps:
             self.event.set()
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def test_cancel_stops_within_a_step_and_resume_completes(tmp_path: Path) -> None:
@@ -164,7 +155,7 @@ def test_cancel_stops_within_a_step_and_resume_completes(tmp_path: Path) -> None
     cfg = TrainConfig(epochs=3, batch_size=16)  # 6 steps per epoch
     cancel = threading.Event()
     probe = CancelAfter(8, cancel)
-    meta = train_datamap(ts, cfg, tmp_path / "c", cancel=cancel, probes=[probe])
+    meta = train_datamap(ts, cfg, tmp_path / "c", monitor=Monitor(cancel=cancel), hooks=[probe])
     assert meta["status"] == "cancelled" and meta["epochs_done"] == 1
     assert probe.seen == 8, "no step runs after cancel is set"
     run = RunDir(tmp_path / "c")
@@ -206,7 +197,7 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_device_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stg.engine import device_choices, resolve_device
+    from stg.train.device import device_choices, resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     for bad in ("gpu", "cuda:", "cuda:x", "cuda1"):
@@ -255,10 +246,11 @@ def test_corrupt_checkpoint_is_reported_not_overwritten(tmp_path: Path) -> None:
 
 
 def test_running_out_of_memory_is_one_line_and_keeps_finished_epochs(tmp_path: Path, monkeypatch) -> None:
-    import stg.engine
+    import stg.train.loop
+    from stg.train.loss import per_task_bce
 
     ts = tiny_taskset()  # 6 steps an epoch at batch 16: fail in epoch 2
-    monkeypatch.setattr(stg.engine, "weighted_bce", out_of_memory_after(8, weighted_bce))
+    monkeypatch.setattr(stg.train.loop, "per_task_bce", out_of_memory_after(8, per_task_bce))
     config = TrainConfig(epochs=3, batch_size=16)
     with pytest.raises(StgError) as info:
         train_datamap(ts, config, tmp_path / "r")
@@ -266,7 +258,7 @@ def test_running_out_of_memory_is_one_line_and_keeps_finished_epochs(tmp_path: P
     assert "\n" not in message and "(tried to allocate 2.00 gib)" in message and "smaller --batch-size" in message
     meta = RunDir(tmp_path / "r").read()
     assert meta["status"] == "failed" and meta["error"] == message and meta["epochs_done"] == 1
-    monkeypatch.setattr(stg.engine, "weighted_bce", weighted_bce)
+    monkeypatch.setattr(stg.train.loop, "per_task_bce", per_task_bce)
     assert train_datamap(ts, config, tmp_path / "r")["status"] == "done"  # the same command resumes
     assert RunDir(tmp_path / "r").datamap_epochs() == [1, 2, 3]
 
@@ -274,7 +266,7 @@ def test_running_out_of_memory_is_one_line_and_keeps_finished_epochs(tmp_path: P
 @CPU_AND_CUDA
 @pytest.mark.parametrize("pad", [1, 4])
 def test_crop_flip_matches_a_per_image_reference(pad: int, device: str) -> None:
-    from stg.augment import crop_flip
+    from stg.train.augment import crop_flip
 
     b, h, w, c = 32, 9, 7, 3
     images = torch.randint(0, 256, (b, h, w, c), dtype=torch.uint8, generator=torch.Generator().manual_seed(pad))
@@ -318,7 +310,7 @@ def test_paper_cnn_pooling_before_relu_equals_the_papers_order(bf16: bool) -> No
     logits and parameter gradients (ties included: bf16 activations and integer images have many)."""
     import copy
 
-    from stg.models import PaperCNN
+    from stg.train.models import PaperCNN
 
     torch.manual_seed(0)
     model = PaperCNN(3, 16, 5).to(memory_format=torch.channels_last)
@@ -342,7 +334,7 @@ def test_paper_cnn_pooling_before_relu_equals_the_papers_order(bf16: bool) -> No
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_matches_torch_dropout_in_distribution(dtype: torch.dtype) -> None:
-    from stg.models import Dropout
+    from stg.train.models import Dropout
 
     torch.manual_seed(0)
     drop = Dropout(0.2)
@@ -362,7 +354,7 @@ def test_dropout_matches_torch_dropout_in_distribution(dtype: torch.dtype) -> No
 def test_batchnorm_as_a_matrix_equals_torch_batchnorm(bf16: bool) -> None:
     """stg's BatchNorm2d (channels_last batches normalised as (B*H*W, C) matrices on CPU) against
     torch's: outputs, input and parameter gradients, running statistics, in training and eval."""
-    from stg.models import BatchNorm2d
+    from stg.train.models import BatchNorm2d
 
     torch.manual_seed(0)
     ours, ref = BatchNorm2d(6), torch.nn.BatchNorm2d(6)

@@ -13,14 +13,14 @@ import yaml
 from sklearn.metrics import adjusted_rand_score
 
 from stg.errors import StgError
-from stg.export import export_grouping
-from stg.features import isometric_coordinates, random_projection, task_coordinates, task_features
-from stg.fuzzy import cluster_tasks, distances, fuzzy_membership
-from stg.grouping import default_name, make_grouping, summary_lines
-from stg.projection import project_tasks
-from stg.quality import recommend_k, scan_k, stability
-from stg.reference import compare, contingency, reference_labels, split_merge
-from stg.rundir import RunDir
+from stg.runs.export import export_grouping
+from stg.grouping.features import isometric_coordinates, random_projection, task_coordinates, task_features
+from stg.grouping.fuzzy import cluster_tasks, distances, fuzzy_membership
+from stg.grouping.make import default_name, make_grouping, summary_lines
+from stg.grouping.projection import project_tasks
+from stg.grouping.quality import recommend_k, scan_k, stability
+from stg.grouping.reference import compare, contingency, reference_labels, split_merge
+from stg.runs.rundir import RunDir
 
 N_SAMPLES = 1500
 

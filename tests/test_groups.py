@@ -12,14 +12,17 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from stg.engine import DeviceData, TrainConfig, channel_stats, train_datamap
+from stg.datamap.run import train_datamap
+from stg.train.config import TrainConfig
+from stg.train.device import DeviceData, channel_stats
+from stg.train.loop import Monitor
 from stg.errors import StgError
-from stg.evaluate import auroc, binary_metrics, ensemble_logits, ensemble_weights
-from stg.groups import random_hard_grouping, summary_table, train_groups
-from stg.loss import weighted_bce
-from stg.models import PaperCNN
-from stg.rundir import RunDir, atomic_write_json
-from stg.specialists import (
+from stg.specialists.evaluate import auroc, binary_metrics, ensemble_logits, ensemble_weights
+from stg.specialists.grouped import random_hard_grouping, summary_table, train_groups
+from stg.train.loss import weighted_bce
+from stg.train.models import PaperCNN
+from stg.runs.rundir import RunDir, atomic_write_json
+from stg.specialists.ensembles import (
     LoopEnsemble,
     VmapEnsemble,
     WideCNN,
@@ -135,15 +138,15 @@ def test_concurrent_training_equals_sequential() -> None:
     data = _data(ts)
     pw = ts.pos_weight.double()
     w = torch.rand(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    opts = dict(epochs=2, batch_size=16, lr=1e-3, seed=7, augment=True)
+    config = TrainConfig(epochs=2, batch_size=16, lr=1e-3, seed=7, augment=True)
     fused = build_ensemble("cnn", seeds=[10, 11, 12], in_channels=1, size=12, n_tasks=4, mode="wide").double()
     set_dropout(fused, 0.0)
-    train_ensemble(fused, w, data, pw, **opts)
+    train_ensemble(fused, w, data, pw, config)
     seq = []
     for c in range(3):  # one standalone model after another, same batch stream
         one = build_ensemble("cnn", seeds=[10 + c], in_channels=1, size=12, n_tasks=4, mode="loop").double()
         set_dropout(one, 0.0)
-        train_ensemble(one, w[:, c:c + 1], data, pw, **opts)
+        train_ensemble(one, w[:, c:c + 1], data, pw, config)
         seq += one.state_dicts()
     assert _max_diff(fused.state_dicts(), seq) < 1e-4
 
@@ -163,15 +166,15 @@ def test_one_hot_specialist_equals_model_of_its_cluster() -> None:
     sub.load_state_dicts([sub_state])
     onehot = torch.zeros(4, 1, dtype=torch.float64)
     onehot[cluster] = 1.0
-    opts = dict(epochs=1, batch_size=16, lr=1e-3, seed=3, augment=True)
-    train_ensemble(full, onehot, data, pw, **opts)
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, seed=3, augment=True)
+    train_ensemble(full, onehot, data, pw, config)
 
     class SubData(DoubleData):
         def batch(self, index, *, augment, generator):
             x, y = super().batch(index, augment=augment, generator=generator)
             return x, y[:, cluster]
 
-    train_ensemble(sub, torch.ones(len(cluster), 1, dtype=torch.float64), _data(ts, SubData), pw[cluster], **opts)
+    train_ensemble(sub, torch.ones(len(cluster), 1, dtype=torch.float64), _data(ts, SubData), pw[cluster], config)
     full.eval()
     sub.eval()
     x, _ = data.batch(torch.arange(len(data)), augment=False, generator=None)
@@ -262,7 +265,7 @@ def test_train_groups_writes_metrics_and_resumes(tiny_run, tmp_path: Path) -> No
         if p.kind == "epoch" and p.message.startswith("mtl: epoch 1"):
             cancel.set()
 
-    first = train_groups(part, "g2", device="cpu", taskset=ts, on_event=on_event, cancel=cancel)
+    first = train_groups(part, "g2", device="cpu", taskset=ts, monitor=Monitor(on_event, cancel))
     assert first["status"] == "cancelled"
     assert not (part.groups_dir("g2") / "metrics.json").exists()
     status = json.loads((part.groups_dir("g2") / "status.json").read_text())
@@ -270,8 +273,8 @@ def test_train_groups_writes_metrics_and_resumes(tiny_run, tmp_path: Path) -> No
     resumed = train_groups(part, "g2", device="cpu", taskset=ts)
     assert resumed["models"] == metrics["models"]
     for fam in ("grouped", "mtl", "random"):
-        a = torch.load(full.groups_dir("g2") / f"{fam}.pt", weights_only=True)["ensemble"]
-        b = torch.load(part.groups_dir("g2") / f"{fam}.pt", weights_only=True)["ensemble"]
+        a = torch.load(full.groups_dir("g2") / f"{fam}.pt", weights_only=True)["model"]
+        b = torch.load(part.groups_dir("g2") / f"{fam}.pt", weights_only=True)["model"]
         assert all(torch.equal(a[key], b[key]) for key in a)
 
 
@@ -296,11 +299,11 @@ def test_bad_input(tiny_run, tmp_path: Path) -> None:
 
 
 def test_running_out_of_memory_in_grouped_training_is_one_line(tiny_run, tmp_path: Path, monkeypatch) -> None:
-    import stg.specialists
+    import stg.train.loop
 
     src, ts = tiny_run
     run = _copy_run(src, tmp_path / "oom")
-    monkeypatch.setattr(stg.specialists, "ensemble_loss", out_of_memory_after(4, stg.specialists.ensemble_loss))
+    monkeypatch.setattr(stg.train.loop, "per_task_bce", out_of_memory_after(4, stg.train.loop.per_task_bce))
     with pytest.raises(StgError, match=r"^out of memory on cpu \(tried to allocate 2\.00 gib\) while training "
                                        r"cnn specialists at batch size 16: .*resumes$"):
         train_groups(run, "g2", device="cpu", taskset=ts)
@@ -309,7 +312,7 @@ def test_running_out_of_memory_in_grouped_training_is_one_line(tiny_run, tmp_pat
 
 
 def test_ray_gpu_share() -> None:
-    from stg.groups import ray_gpu_share
+    from stg.specialists.executors import ray_gpu_share
 
     assert ray_gpu_share("cpu", 8, 3) == 0 and ray_gpu_share("auto", 0, 3) == 0
     assert ray_gpu_share("cuda", 8, 3) == 1.0 and ray_gpu_share("auto", 3, 3) == 1.0  # a GPU each
@@ -338,7 +341,7 @@ def test_ray_executor_matches_local(tiny_run, tmp_path: Path) -> None:
 
 
 def test_a_second_grouped_training_of_one_grouping_is_refused(tiny_run, tmp_path: Path) -> None:
-    from stg.rundir import exclusive
+    from stg.runs.rundir import exclusive
 
     src, ts = tiny_run
     run = _copy_run(src, tmp_path / "run")

@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from stg.hostmem import retain_freed_memory
+from stg.train.hostmem import retain_freed_memory
 
 # Page faults per steady-state CPU training step of the paper CNN, in a fresh process.
 STEP_FAULTS = """
 import resource, sys, torch
-import stg.engine as engine
-from stg.loss import weighted_bce
-from stg.models import build_model
+import stg.datamap.run as engine
+from stg.train.loss import weighted_bce
+from stg.train.models import build_model
 if sys.argv[1] == "default":
     engine.retain_freed_memory = lambda: False
 model = engine.prepare_model(build_model("cnn", in_channels=3, size=32, n_tasks=10), torch.device("cpu"))

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from stg.engine import TrainConfig
+from stg.data.spec import DataSpec
+from stg.train.config import TrainConfig
 from stg.errors import StgError
-from stg.jobs import JobManager, get_manager, run_status
-from stg.rundir import RunDir
+from stg.runs.jobs import JobManager, get_manager, run_status
+from stg.runs.rundir import RunDir
 from tiny import tiny_taskset
 
-SPEC = {"dataset": "tiny", "data_root": None, "tasks": None, "limit": None, "val_fraction": 0.1, "split_seed": 0}
+SPEC = DataSpec("tiny")
 
 
 def tiny_loader(n_train: int = 96):

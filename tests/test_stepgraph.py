@@ -11,8 +11,8 @@ from typing import Callable, Iterator
 import pytest
 import torch
 
-import stg.stepgraph as stepgraph
-from stg.stepgraph import WARMUP_STEPS, StepGraph
+import stg.train.stepgraph as stepgraph
+from stg.train.stepgraph import WARMUP_STEPS, StepGraph
 
 
 class FakeCUDA:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stg.taskset import Split, TaskSet
+from stg.data.taskset import Split, TaskSet
 
 
 # A device parameter: CUDA runs where a GPU is visible (STG_TEST_CUDA=1, see conftest.py).

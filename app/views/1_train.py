@@ -10,16 +10,18 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-from stg.engine import TrainConfig, device_choices  # noqa: E402
+from stg.data.spec import DataSpec  # noqa: E402
+from stg.train.config import TrainConfig  # noqa: E402
+from stg.train.device import device_choices  # noqa: E402
 from stg.errors import StgError  # noqa: E402
-from stg.models import MODEL_NAMES  # noqa: E402
+from stg.train.models import MODEL_NAMES  # noqa: E402
 from stg.plots import datamap_scatter, training_curves  # noqa: E402
 
 OWN = "your own folder or .npz (path below)"
 
 
 def dataset_names() -> list[str]:
-    from stg.catalog import DATASET_NAMES
+    from stg.data.catalog import DATASET_NAMES
 
     return list(DATASET_NAMES)
 
@@ -33,13 +35,12 @@ def start_run() -> None:
         if not dataset:
             raise StgError("give the path of your own data folder or .npz file, or pick a dataset")
         name = s["f_name"].strip() or common.new_run_name(Path(dataset).name)
-        from stg.rundir import check_name
+        from stg.runs.rundir import check_name
 
         check_name(name, "run name")
         root = s["f_root"].strip() or None
-        spec = {"dataset": dataset, "data_root": str(Path(root).expanduser().resolve()) if root else None,
-                "tasks": s["f_tasks"].strip() or None, "limit": int(s["f_limit"]) or None,
-                "val_fraction": 0.1, "split_seed": int(s["f_seed"])}
+        spec = DataSpec.make(dataset, data_root=root, tasks=s["f_tasks"].strip() or None,
+                             limit=int(s["f_limit"]) or None, split_seed=int(s["f_seed"]))
         config = TrainConfig(model=s["f_model"], epochs=int(s["f_epochs"]), batch_size=int(s["f_batch"]),
                              lr=float(s["f_lr"]), seed=int(s["f_seed"]), device=s["f_device"])
         out = common.runs_root() / name

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
 from stg.plots import task_map  # noqa: E402
-from stg.projection import project_tasks  # noqa: E402
+from stg.grouping.projection import project_tasks  # noqa: E402
 
 
 def color_options(run: common.RunDir, meta: dict) -> list[str]:

@@ -12,15 +12,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
 from stg.errors import StgError  # noqa: E402
-from stg.fuzzy import METHODS  # noqa: E402
-from stg.grouping import default_name, make_grouping  # noqa: E402
+from stg.grouping.fuzzy import METHODS  # noqa: E402
+from stg.grouping.make import default_name, make_grouping  # noqa: E402
 from stg.plots import contingency_heatmap, k_scan_figure, membership_heatmap  # noqa: E402
-from stg.reference import contingency, split_merge  # noqa: E402
+from stg.grouping.reference import contingency, split_merge  # noqa: E402
 
 
 @st.cache_data(max_entries=16, show_spinner="scanning k")
 def cached_scan(path: str, mtime: float, ks: tuple[int, ...], m: float, method: str, seed: int) -> list[dict]:
-    from stg.quality import scan_k
+    from stg.grouping.quality import scan_k
 
     return scan_k(common.task_coords(common.RunDir(path)), ks=ks, m=m, method=method, seed=seed)
 
@@ -79,7 +79,7 @@ def k_scan(run: common.RunDir, n_tasks: int, m: float, method: str, seed: int) -
                         value=max(2, min(n_tasks - 1, 10)), key="g_scan_top")
         if st.button("Scan k", key="g_scan") or st.session_state.get("g_scanned") == str(run.path):
             st.session_state["g_scanned"] = str(run.path)
-            from stg.quality import recommend_k
+            from stg.grouping.quality import recommend_k
 
             with common.errors():
                 last = run.datamap_epochs()[-1]

@@ -11,7 +11,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-from stg.engine import device_choices  # noqa: E402
+from stg.train.device import device_choices  # noqa: E402
 from stg.plots import gain_bar, results_rows  # noqa: E402
 
 METRICS = ("balanced_accuracy", "accuracy", "f1", "auroc")

@@ -10,9 +10,9 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-from stg.export import FORMATS, export_grouping  # noqa: E402
+from stg.runs.export import FORMATS, export_grouping  # noqa: E402
 from stg.plots import membership_heatmap, task_map  # noqa: E402
-from stg.projection import project_tasks  # noqa: E402
+from stg.grouping.projection import project_tasks  # noqa: E402
 
 MIME = {"json": "application/json", "csv": "text/csv", "yaml": "application/x-yaml"}
 

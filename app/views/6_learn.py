@@ -10,14 +10,14 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-from stg.engine import TrainConfig  # noqa: E402
-from stg.grouping import make_grouping  # noqa: E402
+from stg.data.spec import DataSpec  # noqa: E402
+from stg.train.config import TrainConfig  # noqa: E402
+from stg.grouping.make import make_grouping  # noqa: E402
 from stg.plots import datamap_scatter, task_map  # noqa: E402
-from stg.projection import project_tasks  # noqa: E402
+from stg.grouping.projection import project_tasks  # noqa: E402
 
 DEMO = "learn-composite"
-DEMO_SPEC = {"dataset": "fashion-sample", "data_root": None, "tasks": "composite", "limit": 1500,
-             "val_fraction": 0.1, "split_seed": 0}
+DEMO_SPEC = DataSpec("fashion-sample", tasks="composite", limit=1500)
 
 
 def start_demo() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from stg.errors import StgError
-from stg.taskset import ClassData, Reference
+from stg.data.taskset import ClassData, Reference
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"

@@ -1,7 +1,7 @@
 """The dataset registry: a name (or a path to the user's own data) -> ClassData -> TaskSet.
 
 Names: fashion-sample (embedded, offline), fashion-mnist, cifar10, cifar100, synthetic-hierarchy,
-and ``folder:PATH`` / any existing folder or ``.npz`` path (see ``stg.folder``).
+and ``folder:PATH`` / any existing folder or ``.npz`` path (see ``stg.data.folder``).
 Data root: ``--data-root`` if given, else ``$STG_DATA_ROOT``, else ``~/.cache/stg/data``;
 fashion-mnist without a data root also looks in /usr/share/datasets/fashion-mnist (Debian).
 """
@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from stg.catalog import DATASET_NAMES
+from stg.data.catalog import DATASET_NAMES
+from stg.data.spec import DataSpec
 from stg.errors import StgError
-from stg.taskset import ClassData, TaskSet
+from stg.data.taskset import ClassData, TaskSet
 
 
 def default_data_root() -> Path:
@@ -50,7 +51,7 @@ def _fingerprint(path: Path) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, root: str, root_given: bool, download: bool, stamp: tuple[int, ...] = ()) -> ClassData:
-    from stg import cifar, fashion, folder, synthetic
+    from stg.data import cifar, fashion, folder, synthetic
 
     user = _user_path(name)
     if user is not None:
@@ -100,23 +101,21 @@ def load_taskset(
     limit: int | None = None,
 ) -> TaskSet:
     """The task set ``tasks`` (default: the dataset's default spec) on dataset ``name``; see
-    ``stg.taskspec.build_taskset`` for the spec language, split and ``limit``."""
-    from stg.taskspec import build_taskset
+    ``stg.data.taskspec.build_taskset`` for the spec language, split and ``limit``."""
+    from stg.data.taskspec import build_taskset
 
     data = load_classdata(name, data_root=data_root, download=download)
     return build_taskset(data, tasks, seed=seed, val_fraction=val_fraction, limit=limit)
 
 
 def load_taskset_from_spec(
-    spec: dict[str, Any], *, download: bool = False, loader: Callable[..., TaskSet] = load_taskset
+    spec: DataSpec | Mapping[str, Any], *, download: bool = False, loader: Callable[..., TaskSet] = load_taskset
 ) -> TaskSet:
-    """The task set a run's data spec describes (run.json's "data": dataset, data_root, tasks,
-    limit, val_fraction, split_seed, as ``stg datamap`` writes it). ``loader`` is for tests."""
-    if "dataset" not in spec:
-        raise StgError("run.json has no data spec to rebuild the task set from")
-    return loader(spec["dataset"], data_root=spec.get("data_root"), download=download, tasks=spec.get("tasks"),
-                  seed=int(spec.get("split_seed", 0)), val_fraction=float(spec.get("val_fraction", 0.1)),
-                  limit=spec.get("limit"))
+    """The task set a ``DataSpec`` (or run.json's "data" object) describes. ``loader`` is for tests."""
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec.from_meta(spec)
+    return loader(spec.dataset, data_root=spec.data_root, download=download, tasks=spec.tasks,
+                  seed=spec.split_seed, val_fraction=spec.val_fraction, limit=spec.limit)
 
 
 def clear_cache() -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from stg.errors import StgError
-from stg.taskset import ClassData, Reference
+from stg.data.taskset import ClassData, Reference
 
 FASHION_CLASSES = (
     "tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot",
@@ -41,7 +41,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
-SAMPLE_PATH = Path(__file__).resolve().parents[1] / "assets" / "fashion_sample.npz"
+SAMPLE_PATH = Path(__file__).resolve().parents[2] / "assets" / "fashion_sample.npz"
 _MAGIC = {1: 0x00000801, 3: 0x00000803}  # IDX magic: unsigned byte data, 1 or 3 dimensions
 
 

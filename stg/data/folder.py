@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from stg.errors import StgError
-from stg.taskset import ClassData, Reference
+from stg.data.taskset import ClassData, Reference
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

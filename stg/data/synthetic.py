@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from stg.errors import StgError
-from stg.taskset import ClassData
+from stg.data.taskset import ClassData
 
 
 def _smooth_field(n: int, grid: int, size: int, gen: torch.Generator) -> torch.Tensor:

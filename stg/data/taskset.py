@@ -1,7 +1,7 @@
 """The TaskSet: the one object every step takes (images, label matrix, task names, references).
 
 ``ClassData`` is a labelled image dataset before any task is defined (what a loader returns);
-``build_taskset`` in ``stg.taskspec`` turns it into a ``TaskSet`` with a task-spec string.
+``build_taskset`` in ``stg.data.taskspec`` turns it into a ``TaskSet`` with a task-spec string.
 """
 
 from __future__ import annotations

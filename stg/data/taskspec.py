@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from stg.errors import StgError
-from stg.taskset import ClassData, Reference, Split, TaskSet
+from stg.data.taskset import ClassData, Reference, Split, TaskSet
 
 GRAMMAR = (
     "spec = terms separated by ';': ovr:all | ovr:C1,C2 | union:NAME=C1,C2 | not:NAME | random | flipped "

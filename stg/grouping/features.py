@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stg.errors import StgError
-from stg.rundir import DATAMAP_KEYS, RunDir, atomic_save
+from stg.runs.rundir import DATAMAP_KEYS, RunDir, atomic_save
 
 _CACHE_VERSION = 1
 _PROJ_CHUNK = 4096  # rows of the projection matrix per generated chunk (fixed: part of the seed contract)

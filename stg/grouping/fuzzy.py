@@ -180,7 +180,7 @@ def cluster_tasks(
       kmeans        hard k-means, one-hot membership (m is ignored).
     Returns a ClusterResult with stably numbered clusters.
     """
-    from stg.features import check_features
+    from stg.grouping.features import check_features
 
     x = check_features(x)
     k, m, method = check_cluster_args(x.shape[0], k=k, m=m, method=method)

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from stg.errors import StgError
-from stg.features import check_projection_dim, check_stats, resolve_epochs, task_coordinates
-from stg.fuzzy import check_cluster_args, cluster_tasks
-from stg.reference import compare
-from stg.rundir import RunDir, check_name
+from stg.grouping.features import check_projection_dim, check_stats, resolve_epochs, task_coordinates
+from stg.grouping.fuzzy import check_cluster_args, cluster_tasks
+from stg.grouping.reference import compare
+from stg.runs.rundir import RunDir, check_name
 
 FEATURE_STATS = ("confidence", "variability")
 

@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numpy as np
 
 from stg.errors import StgError
-from stg.features import check_features, isometric_coordinates
+from stg.grouping.features import check_features, isometric_coordinates
 
 PROJECTIONS = ("pca", "umap")
 _CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()

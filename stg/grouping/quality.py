@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stg.errors import StgError
-from stg.fuzzy import ClusterResult, cluster_tasks, distances
+from stg.grouping.fuzzy import ClusterResult, cluster_tasks, distances
 
 
 def _hard_inertia(x: np.ndarray, labels: np.ndarray) -> float:

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from stg.engine import Progress, TrainConfig
+from stg.data.spec import DataSpec
+from stg.train.config import TrainConfig
+from stg.train.loop import Monitor, Progress
 from stg.errors import StgError
-from stg.rundir import RunDir
+from stg.runs.rundir import RunDir
 
 JobFn = Callable[[Callable[[Progress], None], threading.Event], Any]
 ACTIVE = "running"
@@ -146,7 +148,7 @@ class JobManager:
     def start_datamap(
         self,
         out: str | Path,
-        data_spec: dict[str, Any],
+        data_spec: DataSpec,
         config: TrainConfig,
         *,
         loader: Callable[..., Any] | None = None,
@@ -154,23 +156,24 @@ class JobManager:
     ) -> JobSnapshot:
         """Load the task set now (bad input raises StgError here), then train in the background.
 
-        data_spec: {dataset, data_root, tasks, limit, val_fraction, split_seed}, as the CLI writes it.
+        data_spec: what to load (``stg.data.spec.DataSpec``).
         ``download`` fetches a missing dataset first (needs internet). ``out`` that already holds
         the same run resumes it.
         """
-        from stg.engine import train_datamap
+        from stg.datamap.run import train_datamap
 
         key = run_key(out)
         self._refuse_if_running(key)
-        from stg.datasets import load_taskset, load_taskset_from_spec
+        from stg.data.datasets import load_taskset, load_taskset_from_spec
 
-        taskset = load_taskset_from_spec(data_spec, download=download, loader=loader or load_taskset)
+        spec = data_spec
+        taskset = load_taskset_from_spec(spec, download=download, loader=loader or load_taskset)
         config.validate(len(taskset.train))
 
         def fn(on_event, cancel):
-            return train_datamap(taskset, config, key, data_spec=data_spec, on_event=on_event, cancel=cancel)
+            return train_datamap(taskset, config, key, data_spec=spec, monitor=Monitor(on_event, cancel))
 
-        detail = {"dataset": data_spec.get("dataset"), "tasks": len(taskset.task_names), "epochs": config.epochs}
+        detail = {"dataset": spec.dataset, "tasks": len(taskset.task_names), "epochs": config.epochs}
         snap = self.start(key, "datamap", fn, detail=detail)
         self._wait_for_run_json(key, timeout=10.0)
         return self.snapshot(key) or snap
@@ -186,22 +189,23 @@ class JobManager:
                        loader: Callable[..., Any] | None = None) -> JobSnapshot:
         """Continue a cancelled/interrupted run (or extend a finished one to ``epochs``)."""
         meta = RunDir(run_path).read()
-        cfg = dict(meta["config"])
+        cfg = dict(meta.get("config") or {})
         if epochs is not None:
             cfg["epochs"] = int(epochs)
         if device is not None:
             cfg["device"] = device
-        return self.start_datamap(run_path, meta["data"], TrainConfig(**cfg), loader=loader)
+        return self.start_datamap(run_path, DataSpec.from_meta(meta.get("data")), TrainConfig.from_meta(cfg),
+                                  loader=loader)
 
     def start_groups(self, run_path: str | Path, grouping: str, **options: Any) -> JobSnapshot:
-        """Train the specialists of ``grouping`` (and baselines) in the background: stg.groups.train_groups."""
-        from stg.groups import train_groups
+        """Train the specialists of ``grouping`` (and baselines) in the background: stg.specialists.grouped.train_groups."""
+        from stg.specialists.grouped import train_groups
 
         run = RunDir(run_path)
         run.read_grouping(grouping)  # fail now, not in the thread, on an unknown grouping
 
         def fn(on_event, cancel):
-            return train_groups(run, grouping, on_event=on_event, cancel=cancel, **options)
+            return train_groups(run, grouping, monitor=Monitor(on_event, cancel), **options)
 
         return self.start(run_path, "groups", fn, detail={"grouping": grouping})
 

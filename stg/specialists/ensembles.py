@@ -1,4 +1,4 @@
-"""k specialist models trained concurrently on one batch stream (STG-MTL step 4, DESIGN.md section 4).
+"""k specialist models trained concurrently on one batch stream (STG-MTL step 4).
 
 Every step gathers ONE batch; all k models (same architecture, each with its own (T,) task-weight
 column of a (T, k) matrix W) take it in one fused forward/backward:
@@ -15,7 +15,7 @@ column of a (T, k) matrix W) take it in one fused forward/backward:
   models do; eval mode uses each model's running statistics.
 - ``mode="loop"``: a plain Python loop over k standalone models (the reference; also a fallback).
 
-Model c is initialised with ``torch.manual_seed(seeds[c]); build_model(...)``: identical to a
+Model c is initialised with ``stg.train.rng.seeded(seeds[c], build_model(...))``: identical to a
 standalone model built with that seed, so "concurrent == sequential" is testable. The k losses are
 summed: parameters are disjoint, so each model gets its own gradient, and Adam over the fused
 parameters is k independent Adams (Adam is elementwise and every model takes the same step count).
@@ -25,34 +25,22 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from stg.engine import (
-    DeviceData,
-    Progress,
-    adam,
-    autocast,
-    epoch_batches,
-    epoch_generator,
-    predict_logits,
-    prepare_model,
-)
 from stg.errors import StgError
-from stg.models import Dropout, PaperCNN, build_model
-from stg.rundir import atomic_save
-from stg.stepgraph import StepGraph
+from stg.train.config import TrainConfig
+from stg.train.device import DeviceData, predict_logits, prepare_model
+from stg.train.loop import LoopResult, Monitor, train_loop, weighted_total
+from stg.train.loss import per_task_bce
+from stg.train.models import Dropout, PaperCNN, build_model, head_names
+from stg.train.rng import seeded
+from stg.train.schedules import Schedule, membership_schedule
 
 ENSEMBLE_MODES = ("auto", "wide", "vmap", "loop")
-EventFn = Callable[[Progress], None]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -69,7 +57,7 @@ class Ensemble(nn.Module):
 
 
 class WideCNN(Ensemble):
-    """k :class:`stg.models.PaperCNN` fused into one wide network (see module docstring).
+    """k :class:`stg.train.models.PaperCNN` fused into one wide network (see module docstring).
 
     Parameter layout (c = model): conv/BN tensors are the k models' tensors concatenated on dim 0;
     ``fc1_weight``: (k, F, 128), ``fc1_bias``: (k, 128), ``fc2_weight``: (k, 128, T), ``fc2_bias``: (k, T).
@@ -101,6 +89,9 @@ class WideCNN(Ensemble):
         h = torch.relu(torch.baddbmm(self.fc1_bias.unsqueeze(1), h, self.fc1_weight))
         h = self.drop2(h)
         return torch.baddbmm(self.fc2_bias.unsqueeze(1), h, self.fc2_weight)  # (k, B, T)
+
+    def head_names(self) -> tuple[str, ...]:
+        return ("fc2_weight", "fc2_bias")
 
     @torch.no_grad()
     def load_state_dicts(self, states: Sequence[dict[str, torch.Tensor]]) -> None:
@@ -171,6 +162,14 @@ class VmapEnsemble(Ensemble):
         buffers = {n: getattr(self, _escape(n)) for n in self._buffer_names}
         return torch.vmap(self._call, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
 
+    def skeleton_modules(self) -> Iterator[nn.Module]:
+        """The modules of the shared skeleton (its dropouts take the run's generator)."""
+        return self._base[0].modules()
+
+    def head_names(self) -> tuple[str, ...]:
+        heads = head_names(self._base[0])
+        return tuple(f"stacked.{j}" for j, n in enumerate(self._param_names) if n.startswith(heads))
+
     @torch.no_grad()
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         out: list[dict[str, torch.Tensor]] = []
@@ -192,6 +191,9 @@ class LoopEnsemble(Ensemble):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.models])
 
+    def head_names(self) -> tuple[str, ...]:
+        return tuple(f"models.{c}.{h}" for c, m in enumerate(self.models) for h in head_names(m))
+
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         return [{n: v.detach().clone() for n, v in m.state_dict().items()} for m in self.models]
 
@@ -204,19 +206,16 @@ def set_dropout(ensemble: nn.Module, p: float) -> None:
     """
     modules = list(ensemble.modules())
     if isinstance(ensemble, VmapEnsemble):
-        modules += list(ensemble._base[0].modules())
+        modules += list(ensemble.skeleton_modules())
     for m in modules:
         if isinstance(m, nn.Dropout):
             m.p = p
 
 
 def standalone_models(model: str, *, seeds: Sequence[int], in_channels: int, size: int, n_tasks: int) -> list[nn.Module]:
-    """k fresh models; model c is ``torch.manual_seed(seeds[c]); build_model(...)``."""
-    out = []
-    for s in seeds:
-        torch.manual_seed(int(s))
-        out.append(build_model(model, in_channels=in_channels, size=size, n_tasks=n_tasks))
-    return out
+    """k fresh models; model c is ``build_model(...)`` initialised from seed ``seeds[c]`` (``stg.train.rng.seeded``)."""
+    return [seeded(int(s), lambda: build_model(model, in_channels=in_channels, size=size, n_tasks=n_tasks))
+            for s in seeds]
 
 
 def build_ensemble(
@@ -255,16 +254,9 @@ def build_ensemble(
 def ensemble_loss(
     logits: torch.Tensor, targets: torch.Tensor, *, pos_weight: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Per-model weighted BCE: (k,) with entry c = ``weighted_bce(logits[c], targets, task_weights=weights[:, c])``.
-
-    logits: (k, B, T);  targets: (B, T);  pos_weight: (T,);  weights: (T, k).
-    """
-    k = logits.shape[0]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 autocast -> float32
-    per_task = F.binary_cross_entropy_with_logits(
-        logits, targets.expand(k, -1, -1), pos_weight=pos_weight, reduction="none"
-    ).mean(1)  # (k, T)
-    return (per_task * weights.t()).sum(1)
+    """Per-model weighted BCE: (k,) with entry c = ``weighted_bce(logits[c], targets, task_weights=weights[:, c])``,
+    as the training loop computes it. logits: (k, B, T);  targets: (B, T);  pos_weight: (T,);  weights: (T, k)."""
+    return weighted_total(per_task_bce(logits, targets, pos_weight=pos_weight), weights.t())
 
 
 def predict_ensemble(ensemble: Ensemble, data: DeviceData, *, batch_size: int = 512,
@@ -273,133 +265,39 @@ def predict_ensemble(ensemble: Ensemble, data: DeviceData, *, batch_size: int = 
     return predict_logits(ensemble, data, batch_size=batch_size, batch_dim=1, precision=precision)
 
 
-@dataclass
-class EnsembleRun:
-    """What :func:`train_ensemble` returns. status: done | cancelled."""
-
-    status: str
-    epochs_done: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def train_ensemble(
     ensemble: Ensemble,
-    weights: torch.Tensor,
+    weights: torch.Tensor | Schedule,
     train: DeviceData,
     pos_weight: torch.Tensor,
+    config: TrainConfig,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    augment: bool = True,
-    precision: str = "auto",
     checkpoint: Path | None = None,
     identity: dict[str, Any] | None = None,
     label: str = "ensemble",
-    on_event: EventFn | None = None,
-    on_epoch: Callable[[int], None] | None = None,
-    cancel: threading.Event | None = None,
+    monitor: Monitor | None = None,
+    after_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     step_offset: int = 0,
     total_steps: int | None = None,
-) -> EnsembleRun:
-    """Train the k models of ``ensemble`` (already on ``train.device``) on one shared batch stream.
+) -> LoopResult:
+    """Train the k models of ``ensemble`` (already on ``train.device``) on one shared batch stream
+    through the training loop (``stg.train.loop.train_loop``), for ``config.epochs`` epochs.
 
-    weights: (T, k), column c = model c's task weights. The batch stream (shuffle + augmentation +
-    dropout RNG) is the engine's: ``epoch_generator(seed, epoch)``, so it is the datamap run's
-    stream and every family sees the same batches. With ``checkpoint``, the ensemble, Adam state
-    and history are saved atomically after every epoch and an existing checkpoint (with the same
-    ``identity``) is resumed: the result equals an uninterrupted run. ``cancel`` stops within one
-    step (the last finished epoch stays on disk).
+    weights: (T, k), column c = model c's task weights, or a ``Schedule`` of (k, T) weights. The
+    batch stream (shuffle, augmentation, dropout) is drawn from ``config.seed``'s generators, so it
+    is the data-map run's stream and every family sees the same batches. With ``checkpoint``, state
+    is saved after every epoch and a checkpoint with the same ``identity`` is resumed: the result
+    equals an uninterrupted run. The monitor's cancel stops within one step.
     """
-    device = train.device
-    emit = on_event or (lambda p: None)
-    cancel = cancel or threading.Event()
-    weights = weights.to(device=device, dtype=pos_weight.dtype)
-    if weights.shape != (pos_weight.shape[0], ensemble.k):
-        raise ValueError(f"weights must be (T, k) = ({pos_weight.shape[0]}, {ensemble.k}), got {tuple(weights.shape)}")
-    optimizer = adam(ensemble.parameters(), lr, device)
-    ident = json.dumps(identity or {}, sort_keys=True)
-    start_epoch, history, seconds = 0, [], 0.0
-    if checkpoint is not None and checkpoint.is_file():
-        state = load_checkpoint(checkpoint, device)
-        if state["identity"] != ident:
-            raise StgError(f"{checkpoint} holds another training ({label}): move it away to restart")
-        if int(state["epoch"]) > epochs:
-            raise StgError(f"{checkpoint} is already trained for {int(state['epoch'])} epochs, more than the "
-                           f"{epochs} asked for: ask for at least that many or move it away")
-        ensemble.load_state_dict(state["ensemble"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
-        history = json.loads(state["history"])
-        seconds = float(state["seconds"])
-
-    n = len(train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = total_steps if total_steps is not None else steps_per_epoch * epochs
-    g = torch.Generator(device=device)
-
-    def step(index: torch.Tensor) -> torch.Tensor:
-        """One shared batch through all k models: (k,) losses, detached (see ``stg.stepgraph``)."""
-        x, y = train.batch(index, augment=augment, generator=g)
-        with autocast(device, precision):
-            logits = ensemble(x)
-        losses = ensemble_loss(logits, y, pos_weight=pos_weight, weights=weights)  # (k,)
-        losses.sum().backward()
-        optimizer.step()
-        return losses.detach()
-
-    run_step = StepGraph(step, batch_size=batch_size, device=device, optimizer=optimizer, generators=[g])
-    ensemble.train()
-    for epoch in range(start_epoch + 1, epochs + 1):
-        epoch_generator(seed, epoch, device, g)
-        loss_sum = torch.zeros(ensemble.k, device=device)
-        t0 = last = time.monotonic()
-        step0 = step_offset + (epoch - 1) * steps_per_epoch
-        for i, index in enumerate(epoch_batches(n, batch_size, g, device)):
-            if cancel.is_set():
-                return EnsembleRun("cancelled", epoch - 1, history, seconds)
-            losses = run_step(index)
-            loss_sum += losses * len(index)
-            now = time.monotonic()
-            if now - last > 0.5:
-                rate = (i + 1) * batch_size / (now - t0)
-                emit(Progress("step", epoch, epochs, step0 + i + 1, total, loss=float(losses.mean()),
-                              images_per_s=rate, message=label))
-                last = now
-        per_model = (loss_sum / n).tolist()  # waits for the device: the timing covers all the work
-        took = time.monotonic() - t0
-        seconds += took
-        history.append({"epoch": epoch, "loss": per_model, "seconds": round(took, 3),
-                        "images_per_s": round(n / took, 1), "step": run_step.mode})
-        if checkpoint is not None:
-            state = {"epoch": epoch, "identity": ident, "ensemble": ensemble.state_dict(),
-                     "optimizer": optimizer.state_dict(), "history": json.dumps(history), "seconds": seconds}
-            atomic_save(checkpoint, lambda f: torch.save(state, f))
-        if on_epoch is not None:
-            on_epoch(epoch)
-        emit(Progress("epoch", epoch, epochs, step0 + steps_per_epoch, total,
-                      loss=sum(per_model) / len(per_model), images_per_s=n / took,
-                      eta_s=took * (epochs - epoch), message=f"{label}: epoch {epoch}/{epochs}"))
-    return EnsembleRun("done", epochs, history, seconds)
-
-
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """A specialists checkpoint (``torch.load(weights_only=True)``); StgError when unreadable."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        for key in ("epoch", "identity", "ensemble", "optimizer", "history", "seconds"):
-            state[key]
-        return state
-    except Exception as e:  # a corrupt or foreign checkpoint must not be silently trained over
-        raise StgError(f"checkpoint {path} cannot be loaded ({type(e).__name__}): move it away to restart") from None
-
-
-def checkpoint_epoch(path: Path) -> tuple[int, str]:
-    """(epochs done, identity JSON) of a specialists checkpoint, read on the CPU."""
-    state = load_checkpoint(path, torch.device("cpu"))
-    return int(state["epoch"]), str(state["identity"])
+    if not isinstance(weights, Schedule):
+        weights = torch.as_tensor(weights)
+        if weights.shape != (pos_weight.shape[0], ensemble.k):
+            raise ValueError(f"weights must be (T, k) = ({pos_weight.shape[0]}, {ensemble.k}), "
+                             f"got {tuple(weights.shape)}")
+        weights = membership_schedule(weights)
+    return train_loop(ensemble, train, pos_weight, config, schedule=weights, checkpoint=checkpoint,
+                      identity=json.dumps(identity or {}, sort_keys=True), label=label, monitor=monitor,
+                      after_epoch=after_epoch, step_offset=step_offset, total_steps=total_steps)
 
 
 def to_device(ensemble: Ensemble, device: torch.device) -> Ensemble:

@@ -7,7 +7,7 @@
 - baselines: ``mtl`` (one model, all task weights 1), ``random`` (a seeded random hard grouping
   with the same k and cluster sizes), ``stl`` (T models, one per task, one-hot weights).
 
-Each family is one :class:`stg.specialists.Ensemble` trained concurrently on one batch stream and
+Each family is one :class:`stg.specialists.ensembles.Ensemble` trained concurrently on one batch stream and
 checkpointed after every epoch in RUN/groups/G/<family>.pt, so a killed call resumes with results
 equal to an uninterrupted one. Test-split logits of every family give RUN/groups/G/metrics.json:
 
@@ -26,35 +26,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from stg.engine import DeviceData, Progress, TrainConfig, channel_stats, resolve_device, training_stopped, versions
+from stg.data.taskset import TaskSet
+from stg.datamap.run import training_stopped, versions
 from stg.errors import StgError
-from stg.evaluate import METRICS, ensemble_logits, ensemble_weights, evaluate_logits
-from stg.rundir import RunDir, atomic_write_json, exclusive
-from stg.specialists import (
-    build_ensemble,
-    checkpoint_epoch,
-    predict_ensemble,
-    to_device,
-    train_ensemble,
-)
-from stg.taskset import TaskSet
+from stg.runs.rundir import RunDir, atomic_write_json, exclusive
+from stg.specialists.ensembles import build_ensemble, predict_ensemble, to_device, train_ensemble
+from stg.specialists.evaluate import METRICS, ensemble_logits, ensemble_weights, evaluate_logits
+from stg.train.config import TrainConfig
+from stg.train.device import DeviceData, channel_stats, resolve_device
+from stg.train.loop import Monitor, Progress, checkpoint_epoch, replace_epochs
 
 BASELINES = ("mtl", "random", "stl")
 EXECUTORS = ("local", "ray")
-EventFn = Callable[[Progress], None]
 
 
 # ------------------------------------------------------------------------------------------------
-# Validation and set-up
+# Plan: validate everything and decide the families; writes nothing
 # ------------------------------------------------------------------------------------------------
 def _membership(grouping: dict[str, Any], name: str, n_tasks: int) -> np.ndarray:
     try:
@@ -80,15 +76,7 @@ def one_hot(labels: np.ndarray, k: int) -> np.ndarray:
     return np.eye(k)[labels]
 
 
-def _train_config(meta: dict[str, Any]) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    try:
-        return TrainConfig(**{k: v for k, v in (meta.get("config") or {}).items() if k in names})
-    except TypeError as e:
-        raise StgError(f"run.json has a corrupt config: {e}") from None
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Family:
     """One model family: k models, (T, k) task weights, init seeds."""
 
@@ -110,105 +98,91 @@ class Family:
                 "weights": self.weights.tolist(), "task_names": list(task_names)}
 
 
-# ------------------------------------------------------------------------------------------------
-# Training one family (local, or inside a Ray worker)
-# ------------------------------------------------------------------------------------------------
-def _train_family(
-    family: Family,
-    taskset: TaskSet,
-    config: TrainConfig,
-    *,
-    epochs: int,
-    device: str,
-    out: Path,
-    emit: EventFn | None = None,
-    on_epoch: Callable[[int], None] | None = None,
-    cancel: threading.Event | None = None,
-    step_offset: int = 0,
-    total_steps: int | None = None,
-) -> dict[str, Any]:
-    """Train (or resume) one family; returns {status, epochs_done, seconds, history, test_logits (k, N, T) numpy}."""
-    dev = resolve_device(device)
-    c, h, _ = taskset.image_shape
-    mean, std = channel_stats(taskset.train.images)
-    train = DeviceData(taskset.train, dev, mean, std)
-    test = DeviceData(taskset.test, dev, mean, std)
-    pos_weight = taskset.pos_weight.to(device=dev, dtype=torch.float32)
-    ensemble = build_ensemble(config.model, seeds=family.seeds, in_channels=c, size=h, n_tasks=taskset.n_tasks,
-                              device=dev)
-    ensemble = to_device(ensemble, dev)
-    result = train_ensemble(
-        ensemble, torch.as_tensor(family.weights, dtype=torch.float32), train, pos_weight,
-        epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed, augment=config.augment,
-        precision=config.precision, checkpoint=family.checkpoint(out),
-        identity=family.identity(config, taskset.task_names),
-        label=family.name, on_event=emit, on_epoch=on_epoch, cancel=cancel,
-        step_offset=step_offset, total_steps=total_steps,
-    )
-    logits = None
-    if result.status == "done":
-        logits = predict_ensemble(ensemble, test, batch_size=max(64, 4096 // ensemble.k),
-                                  precision=config.precision).cpu().numpy()
-    return {"status": result.status, "epochs_done": result.epochs_done, "seconds": round(result.seconds, 3),
-            "history": result.history, "test_logits": logits}
+@dataclass(frozen=True)
+class GroupsPlan:
+    """What ``train_groups`` will train: the validated inputs and the families, in order (the
+    grouping's specialists first, then the baselines)."""
+
+    run: RunDir
+    grouping: str
+    task_names: list[str]
+    taskset: TaskSet
+    config: TrainConfig  # epochs = the epochs to train
+    families: list[Family]
+    grouped_weights: np.ndarray  # (T, k) the specialists' weights (membership, or its argmax one-hot)
+    random_labels: np.ndarray  # (T,) the random baseline's grouping
+    hard: bool
+    executor: str
+    device: str
+    baselines: list[str]
+    done_before: dict[str, int]  # epochs already in each family's checkpoint
+
+    @property
+    def out(self) -> Path:
+        return self.run.groups_dir(self.grouping)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.taskset.train) // self.config.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs * len(self.families)
 
 
-# ------------------------------------------------------------------------------------------------
-# The public entry point
-# ------------------------------------------------------------------------------------------------
-def train_groups(
+def parse_baselines(baselines: Sequence[str] | str) -> list[str]:
+    """"mtl,random" (as the CLI spells it) or a list -> known baseline names, in order, once each."""
+    if isinstance(baselines, str):
+        baselines = [b.strip() for b in baselines.split(",") if b.strip()]
+    out = list(dict.fromkeys(baselines))
+    bad = [b for b in out if b not in BASELINES]
+    if bad:
+        raise StgError(f"unknown baseline {bad[0]!r}: choose from {', '.join(BASELINES)}")
+    return out
+
+
+def plan_groups(
     run: RunDir,
     grouping: str,
     *,
     epochs: int | None = None,
-    baselines: Sequence[str] = ("mtl", "random"),
+    baselines: Sequence[str] | str = ("mtl", "random"),
     hard: bool = False,
     executor: str = "local",
     device: str = "auto",
-    on_event: EventFn | None = None,
-    cancel: threading.Event | None = None,
     taskset: TaskSet | None = None,
-) -> dict[str, Any]:
-    """Train grouping ``grouping``'s specialists and the ``baselines`` on ``run``'s data; write
-    RUN/groups/<grouping>/metrics.json (see the module docstring) and return it.
-
-    Same architecture, batch size, lr, augmentation and seed as the datamap run; ``epochs``
-    defaults to the datamap run's. Re-running resumes every family from its last finished epoch.
-    ``cancel`` stops within one step; the return value is then {"status": "cancelled", ...} and no
-    metrics.json is written. ``taskset``: the run's task set (rebuilt from run.json when None).
-    Everything is validated before anything is written (StgError with a one-line reason).
-    """
+) -> GroupsPlan:
+    """Validate a grouped training of ``run``'s grouping ``grouping`` and decide its families.
+    Everything is checked here, before anything is written (StgError with a one-line reason)."""
     meta = run.read()
     task_names = list(meta["task_names"])
     n_tasks = len(task_names)
     if executor not in EXECUTORS:
         raise StgError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
-    if isinstance(baselines, str):  # "mtl,random" as the CLI spells it
-        baselines = [b.strip() for b in baselines.split(",") if b.strip()]
-    baselines = list(dict.fromkeys(baselines))
-    bad = [b for b in baselines if b not in BASELINES]
-    if bad:
-        raise StgError(f"unknown baseline {bad[0]!r}: choose from {', '.join(BASELINES)}")
+    baselines = parse_baselines(baselines)
     spec = run.read_grouping(grouping)
     if list(spec.get("task_names", [])) != task_names:
         raise StgError(f"grouping {grouping!r} was made for other tasks than run {run.path} "
                        f"({len(spec.get('task_names', []))} tasks vs {n_tasks}): group this run again")
     membership = _membership(spec, grouping, n_tasks)
-    config = _train_config(meta)
+    config = TrainConfig.from_meta(meta.get("config"))
     epochs = config.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise StgError(f"--epochs must be at least 1, got {epochs}")
+    config = replace_epochs(config, epochs)
     if executor == "ray":
         if device not in ("auto", "cpu", "cuda"):
             raise StgError(f"--executor ray takes --device auto, cpu or cuda, not {device!r}: Ray gives each "
                            "task its GPU")
-        _import_ray()
+        from stg.specialists.executors import import_ray
+
+        import_ray()
     else:
         resolve_device(device)
     if taskset is None:
-        from stg.datasets import load_taskset_from_spec  # lazy: loaders are heavy
+        from stg.data.datasets import load_taskset_from_spec  # lazy: loaders are heavy
 
-        taskset = load_taskset_from_spec(meta.get("data") or {})
+        taskset = load_taskset_from_spec(meta.get("data"))
     if list(taskset.task_names) != task_names or len(taskset.train) != meta.get("n_train", len(taskset.train)):
         raise StgError(f"the task set does not match run {run.path} (tasks or training split differ)")
     config.validate(len(taskset.train))
@@ -232,20 +206,158 @@ def train_groups(
         path = fam.checkpoint(out)
         if path.is_file():
             e, ident = checkpoint_epoch(path)
-            if json.loads(ident) != json.loads(json.dumps(fam.identity(config, task_names))):
+            if json.loads(ident) != json.loads(json.dumps(fam.identity(config, task_names), sort_keys=True)):
                 raise StgError(f"{path} holds a training with other settings: move it away to restart")
             if e > epochs:
                 raise StgError(f"{path} is already trained for {e} epochs, more than the {epochs} asked for")
             done_before[fam.name] = e
+    return GroupsPlan(run, grouping, task_names, taskset, config, families, grouped_w, rand_labels, hard,
+                      executor, device, baselines, done_before)
 
+
+# ------------------------------------------------------------------------------------------------
+# Execute: train one family (locally, or inside a Ray worker), and all of them
+# ------------------------------------------------------------------------------------------------
+def train_family(
+    family: Family,
+    taskset: TaskSet,
+    config: TrainConfig,
+    *,
+    device: str,
+    out: Path,
+    monitor: Monitor | None = None,
+    after_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    step_offset: int = 0,
+    total_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) one family for ``config.epochs``; returns {status, epochs_done, seconds,
+    history, test_logits (k, N, T) numpy or None when cancelled}."""
+    dev = resolve_device(device)
+    c, h, _ = taskset.image_shape
+    mean, std = channel_stats(taskset.train.images)
+    train = DeviceData(taskset.train, dev, mean, std)
+    test = DeviceData(taskset.test, dev, mean, std)
+    pos_weight = taskset.pos_weight.to(device=dev, dtype=torch.float32)
+    ensemble = build_ensemble(config.model, seeds=family.seeds, in_channels=c, size=h, n_tasks=taskset.n_tasks,
+                              device=dev)
+    ensemble = to_device(ensemble, dev)
+    result = train_ensemble(
+        ensemble, torch.as_tensor(family.weights, dtype=torch.float32), train, pos_weight, config,
+        checkpoint=family.checkpoint(out), identity=family.identity(config, taskset.task_names),
+        label=family.name, monitor=monitor, after_epoch=after_epoch, step_offset=step_offset,
+        total_steps=total_steps,
+    )
+    logits = None
+    if result.status == "done":
+        logits = predict_ensemble(ensemble, test, batch_size=max(64, 4096 // ensemble.k),
+                                  precision=config.precision).cpu().numpy()
+    return {"status": result.status, "epochs_done": result.epochs_done, "seconds": round(result.seconds, 3),
+            "history": result.history, "test_logits": logits}
+
+
+StatusFn = Callable[..., None]
+
+
+def run_local(plan: GroupsPlan, monitor: Monitor, status: dict[str, Any],
+              write_status: StatusFn) -> dict[str, dict[str, Any]] | None:
+    """Every family in this process, one after another; None when cancelled."""
+    results = {}
+    for i, fam in enumerate(plan.families):
+        def after_epoch(epoch: int, record: dict[str, Any], name: str = fam.name) -> None:
+            status["families"][name]["epochs_done"] = epoch
+            write_status()
+
+        r = train_family(fam, plan.taskset, plan.config, device=plan.device, out=plan.out, monitor=monitor,
+                         after_epoch=after_epoch, step_offset=i * plan.config.epochs * plan.steps_per_epoch,
+                         total_steps=plan.total_steps)
+        if r["status"] != "done":
+            return None
+        results[fam.name] = r
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluate: test-split metrics of every family
+# ------------------------------------------------------------------------------------------------
+def gain_vs_mtl(models: dict[str, Any], task_names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """Per task, grouped - mtl of balanced accuracy and F1 (None where either is undefined)."""
+    gain = {}
+    for t in task_names:
+        g, m = models["grouped"]["per_task"][t], models["mtl"]["per_task"][t]
+        gain[t] = {key: (None if g[key] is None or m[key] is None else round(g[key] - m[key], 6))
+                   for key in ("balanced_accuracy", "f1")}
+    return gain
+
+
+def evaluate_plan(plan: GroupsPlan, results: dict[str, dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
+    """metrics.json's contents (see the module docstring) from every family's test logits."""
+    taskset, task_names = plan.taskset, plan.task_names
+    y_test = taskset.test.labels.numpy()
+    models: dict[str, Any] = {}
+    z = results[plan.families[0].name]["test_logits"]
+    for name, how in (("grouped", "membership"), ("grouped_argmax", "argmax")):
+        models[name] = evaluate_logits(ensemble_logits(z, ensemble_weights(plan.grouped_weights, how)), y_test,
+                                       task_names)
+    for fam in plan.families[1:]:
+        z = results[fam.name]["test_logits"]
+        models[fam.name] = evaluate_logits(ensemble_logits(z, fam.weights), y_test, task_names)
+
+    metrics: dict[str, Any] = {"models": models}
+    if "mtl" in models:
+        gain = gain_vs_mtl(models, task_names)
+        metrics["gain_vs_mtl"] = gain
+        metrics["losers"] = [t for t in task_names if (gain[t]["balanced_accuracy"] or 0.0) < 0]
+    metrics.update({
+        "grouping": plan.grouping,
+        "k": int(plan.grouped_weights.shape[1]),
+        "hard": plan.hard,
+        "split": "test",
+        "n_test": len(taskset.test),
+        "task_names": task_names,
+        "membership": plan.grouped_weights.tolist(),
+        "random_labels": [int(v) for v in plan.random_labels] if "random" in models else None,
+        "config": {**plan.config.to_meta(), "device": plan.device, "executor": plan.executor,
+                   "baselines": plan.baselines},
+        "timings": {name: r["seconds"] for name, r in results.items()} | {"wall_seconds": round(wall_seconds, 3)},
+        "history": {name: r["history"] for name, r in results.items()},
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The public entry point
+# ------------------------------------------------------------------------------------------------
+def train_groups(
+    run: RunDir,
+    grouping: str,
+    *,
+    epochs: int | None = None,
+    baselines: Sequence[str] | str = ("mtl", "random"),
+    hard: bool = False,
+    executor: str = "local",
+    device: str = "auto",
+    monitor: Monitor | None = None,
+    taskset: TaskSet | None = None,
+) -> dict[str, Any]:
+    """Train grouping ``grouping``'s specialists and the ``baselines`` on ``run``'s data; write
+    RUN/groups/<grouping>/metrics.json (see the module docstring) and return it.
+
+    Same architecture, batch size, lr, augmentation and seed as the datamap run; ``epochs``
+    defaults to the datamap run's. Re-running resumes every family from its last finished epoch.
+    The monitor's cancel stops within one step; the return value is then {"status": "cancelled",
+    ...} and no metrics.json is written. ``taskset``: the run's task set (rebuilt from run.json
+    when None). Plan (validate), execute (train), evaluate (test metrics).
+    """
+    plan = plan_groups(run, grouping, epochs=epochs, baselines=baselines, hard=hard, executor=executor,
+                       device=device, taskset=taskset)
+    monitor = monitor or Monitor()
+    out, epochs = plan.out, plan.config.epochs
     with exclusive(out, "grouped training of this grouping"):
-        emit = on_event or (lambda p: None)
-        cancel = cancel or threading.Event()
-        steps_per_epoch = -(-len(taskset.train) // config.batch_size)
-        total_steps = steps_per_epoch * epochs * len(families)
         status = {"status": "running", "grouping": grouping, "hard": hard, "executor": executor, "epochs": epochs,
-                  "families": {f.name: {"k": f.k, "epochs_done": done_before.get(f.name, 0), "epochs": epochs}
-                               for f in families},
+                  "families": {f.name: {"k": f.k, "epochs_done": plan.done_before.get(f.name, 0), "epochs": epochs}
+                               for f in plan.families},
                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
         out.mkdir(parents=True, exist_ok=True)
         lock = threading.Lock()
@@ -256,146 +368,35 @@ def train_groups(
                 atomic_write_json(out / "status.json", status)
 
         write_status()
-        emit(Progress("start", 0, epochs, sum(done_before.values()) * steps_per_epoch, total_steps,
-                      message=f"training {', '.join(f.name for f in families)} for grouping {grouping}"))
+        monitor.emit(Progress("start", 0, epochs, sum(plan.done_before.values()) * plan.steps_per_epoch,
+                              plan.total_steps, message=f"training {', '.join(f.name for f in plan.families)} "
+                                                        f"for grouping {grouping}"))
         t_start = time.monotonic()
         try:
             if executor == "local":
-                results = _run_local(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
-                                     cancel=cancel, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                                     status=status, write_status=write_status)
+                results = run_local(plan, monitor, status, write_status)
             else:
-                results = _run_ray(families, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
-                                   cancel=cancel, total_steps=total_steps, status=status, write_status=write_status)
+                from stg.specialists.executors import run_ray
+
+                results = run_ray(plan, monitor, status, write_status)
         except BaseException as e:
-            record, oom = training_stopped(e, f"training {config.model} specialists at batch size "
-                                              f"{config.batch_size}", device)
+            record, oom = training_stopped(e, f"training {plan.config.model} specialists at batch size "
+                                              f"{plan.config.batch_size}", device)
             write_status(**record)
             if oom is not None:
                 raise oom from None
             raise
         if results is None:
             write_status(status="cancelled")
-            emit(Progress("cancelled", 0, epochs, 0, total_steps, message="cancelled; finished epochs are kept"))
+            monitor.emit(Progress("cancelled", 0, epochs, 0, plan.total_steps,
+                                  message="cancelled; finished epochs are kept"))
             return dict(status)
-
-        y_test = taskset.test.labels.numpy()
-        models: dict[str, Any] = {}
-        grouped_name = families[0].name
-        z = results[grouped_name]["test_logits"]
-        for name, how in (("grouped", "membership"), ("grouped_argmax", "argmax")):
-            models[name] = evaluate_logits(ensemble_logits(z, ensemble_weights(grouped_w, how)), y_test, task_names)
-        for fam in families[1:]:
-            z = results[fam.name]["test_logits"]
-            models[fam.name] = evaluate_logits(ensemble_logits(z, fam.weights), y_test, task_names)
-
-        metrics: dict[str, Any] = {"models": models}
-        if "mtl" in models:
-            gain = {}
-            for t in task_names:
-                g, m = models["grouped"]["per_task"][t], models["mtl"]["per_task"][t]
-                gain[t] = {key: (None if g[key] is None or m[key] is None else round(g[key] - m[key], 6))
-                           for key in ("balanced_accuracy", "f1")}
-            metrics["gain_vs_mtl"] = gain
-            metrics["losers"] = [t for t in task_names if (gain[t]["balanced_accuracy"] or 0.0) < 0]
-        metrics.update({
-            "grouping": grouping,
-            "k": k,
-            "hard": hard,
-            "split": "test",
-            "n_test": len(taskset.test),
-            "task_names": task_names,
-            "membership": grouped_w.tolist(),
-            "random_labels": [int(v) for v in rand_labels] if "random" in models else None,
-            "config": {**dataclasses.asdict(config), "epochs": epochs, "device": device, "executor": executor,
-                       "baselines": baselines},
-            "timings": {name: r["seconds"] for name, r in results.items()}
-                       | {"wall_seconds": round(time.monotonic() - t_start, 3)},
-            "history": {name: r["history"] for name, r in results.items()},
-            "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        })
+        metrics = evaluate_plan(plan, results, time.monotonic() - t_start)
         atomic_write_json(out / "metrics.json", metrics)
         write_status(status="done")
-        emit(Progress("done", epochs, epochs, total_steps, total_steps, message=f"done: {out / 'metrics.json'}"))
+        monitor.emit(Progress("done", epochs, epochs, plan.total_steps, plan.total_steps,
+                              message=f"done: {out / 'metrics.json'}"))
         return metrics
-
-
-def _run_local(families: list[Family], taskset: TaskSet, config: TrainConfig, *, epochs: int, device: str,
-               out: Path, emit: EventFn, cancel: threading.Event, steps_per_epoch: int, total_steps: int,
-               status: dict[str, Any], write_status: Callable[..., None]) -> dict[str, dict[str, Any]] | None:
-    results = {}
-    for i, fam in enumerate(families):
-        def on_epoch(e: int, name: str = fam.name) -> None:
-            status["families"][name]["epochs_done"] = e
-            write_status()
-
-        r = _train_family(fam, taskset, config, epochs=epochs, device=device, out=out, emit=emit,
-                          on_epoch=on_epoch, cancel=cancel, step_offset=i * epochs * steps_per_epoch,
-                          total_steps=total_steps)
-        if r["status"] != "done":
-            return None
-        results[fam.name] = r
-    return results
-
-
-def _import_ray():
-    try:
-        import ray  # noqa: F401  (optional extra)
-    except ImportError:
-        raise StgError("the ray executor needs Ray: install the ray extra: pip install 'stg[ray]'") from None
-    return ray
-
-
-def ray_gpu_share(device: str, cluster_gpus: float, n_tasks: int) -> float:
-    """The GPUs each of ``n_tasks`` Ray tasks asks for: a whole GPU each when the cluster has enough,
-    else an equal share so that all of them run at once (1/2 each for 3 tasks on 2 GPUs); 0 for the
-    CPU, and for ``auto`` on a cluster without GPUs."""
-    if device == "cpu" or (device == "auto" and cluster_gpus < 1):
-        return 0.0
-    if cluster_gpus < 1:
-        raise StgError(f"--device {device} with --executor ray: the Ray cluster has no GPU; use --device cpu or auto")
-    return 1.0 / math.ceil(n_tasks / int(cluster_gpus))
-
-
-def _run_ray(families: list[Family], taskset: TaskSet, config: TrainConfig, *, epochs: int, device: str,
-             out: Path, emit: EventFn, cancel: threading.Event, total_steps: int, status: dict[str, Any],
-             write_status: Callable[..., None]) -> dict[str, dict[str, Any]] | None:
-    """Each family as one Ray task (started with a local Ray instance unless one is running).
-
-    Workers write their checkpoints under ``out`` themselves, so ``out`` must be on a file system
-    every worker sees (always true for a local instance). Progress is reported per finished family.
-    """
-    ray = _import_ray()
-    started = False
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
-        started = True
-    try:
-        gpus = ray_gpu_share(device, float(ray.cluster_resources().get("GPU", 0)), len(families))
-        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_train_family)
-        ts = ray.put(taskset)
-        on = "cuda" if gpus else "cpu"  # a task sees only the GPU Ray gave it
-        refs = {remote.remote(f, ts, config, epochs=epochs, device=on, out=out): f.name for f in families}
-        results: dict[str, dict[str, Any]] = {}
-        pending = list(refs)
-        while pending:
-            if cancel.is_set():
-                for ref in pending:
-                    ray.cancel(ref, force=True)
-                return None
-            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-            for ref in ready:
-                name = refs[ref]
-                results[name] = ray.get(ref)
-                status["families"][name]["epochs_done"] = results[name]["epochs_done"]
-                write_status()
-                emit(Progress("epoch", epochs, epochs, total_steps * len(results) // len(families), total_steps,
-                              message=f"{name}: done on Ray"))
-        return {f.name: results[f.name] for f in families}
-    finally:
-        if started:
-            ray.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------

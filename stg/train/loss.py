@@ -6,6 +6,16 @@ import torch
 import torch.nn.functional as F
 
 
+def per_task_bce(logits: torch.Tensor, targets: torch.Tensor, *, pos_weight: torch.Tensor) -> torch.Tensor:
+    """mean_b BCEWithLogits(z_bt, y_bt; pos_weight_t) for every task: (T,) from (B, T) logits, or
+    (k, T) from an ensemble's (k, B, T) logits (the (B, T) targets are shared by the k models).
+    Computed in float32 or wider (bf16 autocast logits are promoted)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.binary_cross_entropy_with_logits(
+        logits, targets.expand_as(logits), pos_weight=pos_weight, reduction="none"
+    ).mean(-2)
+
+
 def weighted_bce(
     logits: torch.Tensor, targets: torch.Tensor, *, pos_weight: torch.Tensor, task_weights: torch.Tensor
 ) -> torch.Tensor:

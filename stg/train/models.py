@@ -13,12 +13,16 @@ MODEL_NAMES = ("cnn", "resnet18", "resnet18-cifar")
 
 class Dropout(nn.Dropout):
     """Inverted dropout with a uniform-threshold mask: the same distribution as ``nn.Dropout``,
-    about twice as fast on CPU (``bernoulli_`` dominates small-CNN steps there)."""
+    about twice as fast on CPU (``bernoulli_`` dominates small-CNN steps there). Masks are drawn
+    from ``generator`` when set (the training loop sets the run's own, ``stg.train.rng``), else
+    from torch's global generator."""
+
+    generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        keep = torch.rand(x.shape, device=x.device) >= self.p
+        keep = torch.rand(x.shape, device=x.device, generator=self.generator) >= self.p
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))  # one multiply forward and backward
 
 
@@ -91,3 +95,33 @@ def build_model(name: str, *, in_channels: int, size: int, n_tasks: int) -> nn.M
             net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         return net
     raise StgError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+
+
+def set_dropout_generator(module: nn.Module, generator: torch.Generator | None) -> None:
+    """Draw every ``Dropout`` mask of ``module`` (and of any skeleton it exposes through
+    ``skeleton_modules()``, as ``VmapEnsemble`` does) from ``generator``."""
+    modules = list(module.modules())
+    skeleton = getattr(module, "skeleton_modules", None)
+    if skeleton is not None:
+        modules += list(skeleton())
+    for m in modules:
+        if isinstance(m, Dropout):
+            m.generator = generator
+
+
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """Name prefixes of the task heads (the layer that maps the shared features to the T logits)."""
+    own = getattr(model, "head_names", None)
+    if callable(own):
+        return tuple(own())
+    if isinstance(model, PaperCNN):
+        return ("head.5.",)
+    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):  # torchvision ResNet
+        return ("fc.",)
+    raise TypeError(f"no known task heads for {type(model).__name__}: give it a head_names() method")
+
+
+def shared_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of the shared trunk: every trainable parameter that is not a task head."""
+    heads = head_names(model)
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith(heads)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import torch
 
@@ -46,7 +46,7 @@ class StepGraph(Generic[T]):
     those buffers stay the ones the graph writes).
     """
 
-    def __init__(self, step: Callable[[torch.Tensor], T], *, batch_size: int, device: torch.device,
+    def __init__(self, step: Callable[..., T], *, batch_size: int, device: torch.device,
                  optimizer: torch.optim.Optimizer, generators: Sequence[torch.Generator] = ()):
         self.step = step
         self.batch_size = batch_size
@@ -74,7 +74,7 @@ class StepGraph(Generic[T]):
 
     def __call__(self, index: torch.Tensor) -> T:
         if not self.enabled or len(index) != self.batch_size:
-            return self._eager(index)
+            return self.eager(index)
         with torch.cuda.device(self.device):  # streams and the graph belong to the step's GPU
             return self._graphed(index)
 
@@ -83,16 +83,18 @@ class StepGraph(Generic[T]):
             self.warm += 1
             return self._warmup(index)
         if self.graph is None and not self._capture():
-            return self._eager(index)
+            return self.eager(index)
         assert self.index is not None and self.graph is not None and self.outputs is not None
         self.index.copy_(index)
         self.graph.replay()
         self.replays += 1
         return self.outputs
 
-    def _eager(self, index: torch.Tensor) -> T:
+    def eager(self, index: torch.Tensor, *args: Any) -> T:
+        """An eager step, ``step(index, *args)``: for an epoch's short batch, or a step that does more
+        than the captured one (the training loop's periodic hooks)."""
         self.optimizer.zero_grad(set_to_none=self.graph is None)
-        return self.step(index)
+        return self.step(index, *args)
 
     def _side_stream(self) -> torch.cuda.Stream:
         """The stream the warm-up steps and the capture run on: one stream, so that the cuBLAS /
@@ -107,7 +109,7 @@ class StepGraph(Generic[T]):
         side = self._side_stream()
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            out = self._eager(index)
+            out = self.eager(index)
         current.wait_stream(side)
         return out
 
