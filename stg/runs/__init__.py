@@ -1,0 +1,2 @@
+"""The run directory, the hand-off between steps (``rundir``), background jobs for the dashboard
+(``jobs``) and exports (``export``)."""
