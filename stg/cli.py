@@ -1,4 +1,4 @@
-"""The ``stg`` command line: thin shells over library calls (DESIGN.md section 3)."""
+"""The ``stg`` command line: thin shells over library calls (docs/architecture.md §1)."""
 
 from __future__ import annotations
 
@@ -252,9 +252,9 @@ def cmd_app(args: argparse.Namespace) -> int:
     import urllib.request
     import webbrowser
 
-    app = Path(__file__).resolve().parents[1] / "app" / "Home.py"
+    app = Path(__file__).resolve().parents[1] / "stg_app" / "Home.py"  # the dashboard package, shipped beside stg
     if not app.is_file():
-        raise StgError(f"the dashboard is not installed next to the library (looked for {app}): install stg from a checkout")
+        raise StgError(f"the dashboard is not installed next to the library (looked for {app}): reinstall stg")
     env = {**os.environ, "STG_RUNS": str(Path(args.runs).expanduser().resolve())}
     # Always headless: Streamlit's own first-run e-mail prompt would block a fresh machine.
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),

@@ -59,6 +59,8 @@ class TaskSet:
 
     pos_weight: (T,) float32, the BCE positive-class weight of each task
     references: reference name -> {group name: [task names]} (every task in exactly one group)
+    task_kinds: per task, how it was made: {"kind": "ovr" | "union" | "random" | "flipped"}, or
+        {"kind": "not", "of": NAME} for the complement of task NAME (empty when unknown)
     """
 
     dataset: str
@@ -72,6 +74,7 @@ class TaskSet:
     tasks_spec: str
     seed: int
     source: str = ""
+    task_kinds: tuple[dict[str, str], ...] = ()
 
     @property
     def n_tasks(self) -> int:
@@ -83,7 +86,7 @@ class TaskSet:
         return int(c), int(h), int(w)
 
     def describe(self) -> dict[str, Any]:
-        """The JSON object printed by ``stg data NAME --json`` (DESIGN.md section 3)."""
+        """The JSON object printed by ``stg data NAME --json`` (docs/architecture.md §2)."""
         positives = self.train.labels.sum(0)
         return {
             "dataset": self.dataset,
@@ -95,6 +98,7 @@ class TaskSet:
             "image_shape": list(self.image_shape),
             "n_tasks": self.n_tasks,
             "task_names": list(self.task_names),
+            "task_kinds": [dict(k) for k in self.task_kinds],
             "class_names": list(self.class_names),
             "train_positives": [int(p) for p in positives.tolist()],
             "pos_weight": [round(float(p), 4) for p in self.pos_weight.tolist()],

@@ -95,6 +95,10 @@ class TaskDef:
     classes: tuple[int, ...] = ()
     of: str = ""
 
+    def kind_record(self) -> dict[str, str]:
+        """How run.json records this task's kind: {"kind": ...}, plus "of" for a complement."""
+        return {"kind": self.kind, "of": self.of} if self.kind == "not" else {"kind": self.kind}
+
 
 def safe_name(name: str) -> str:
     """A task-name-safe version of a class name: [A-Za-z0-9_.-], at most 64 chars."""
@@ -364,4 +368,5 @@ def build_taskset(
         tasks_spec=";".join(t.strip() for t in text.split(";") if t.strip()),
         seed=seed,
         source=data.source,
+        task_kinds=tuple(t.kind_record() for t in tasks),
     )

@@ -136,6 +136,7 @@ def open_run(
         "dataset": taskset.dataset,
         "tasks_spec": taskset.tasks_spec,
         "task_names": list(taskset.task_names),
+        "task_kinds": [dict(k) for k in taskset.task_kinds],
         "references": taskset.references,
         "n_train": len(taskset.train),
         "n_val": len(taskset.val),

@@ -1,4 +1,4 @@
-"""Task features from data maps (spec section 3), random projection, and an exact low-dim embedding.
+"""Task features from data maps (docs/architecture.md §4), random projection, and an exact low-dim embedding.
 
 The paper's task feature is the task's data map flattened, no scaling, compared with the Euclidean
 distance: ``x_t = [confidence_t, variability_t]`` of the last snapshot, ``D = 2 * N``.

@@ -1,4 +1,4 @@
-"""Soft clustering of tasks (spec section 4): fuzzy membership, k-means + fuzzification, FCM.
+"""Soft clustering of tasks (docs/architecture.md §4): fuzzy membership, k-means + fuzzification, FCM.
 
 The membership formula (STG-MTL / fuzzy c-means), for task t and cluster c:
 

@@ -50,7 +50,7 @@ def make_grouping(
 ) -> dict[str, Any]:
     """Cluster the tasks of ``run`` and (if ``save``) write RUN/groupings/<name>.json.
 
-    Features: the flattened [confidence, variability] of the chosen snapshots (spec section 3),
+    Features: the flattened [confidence, variability] of the chosen snapshots (docs/architecture.md §4),
     optionally randomly projected to ``projection_dim``; clustered through their exact isometric
     coordinates (cached in RUN/cache). Scores against every reference in run.json (tasks absent
     from a reference are left out of its score; ``n_tasks`` counts the rest).

@@ -7,7 +7,7 @@ directory, not to a browser session: a reloaded page or a second tab asks for th
 sees the same job. Jobs that finished before this process started (or whose process died) are read
 back from ``run.json``.
 
-This module never imports Streamlit (DESIGN.md section 2).
+This module never imports Streamlit (docs/architecture.md §1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The run directory: the hand-off between steps (DESIGN.md section 3). All writes are atomic.
+"""The run directory: the hand-off between steps (docs/architecture.md §2). All writes are atomic.
 
 RUN/run.json              config, dataset, task_names, references, status, epochs_done, timings
 RUN/datamap/epoch_NNN.npz confidence, variability, correctness: float32 (T, N_train), cumulative
@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 try:
     import fcntl
@@ -26,6 +26,9 @@ except ImportError:  # Windows: no advisory locks, runs are not guarded against 
 import numpy as np
 
 from stg.errors import StgError
+
+if TYPE_CHECKING:  # records import the config and data spec; rundir stays import-light
+    from stg.runs.records import GroupingRecord, MetricsRecord, RunRecord
 
 STATUSES = ("running", "done", "failed", "cancelled")
 DATAMAP_KEYS = ("confidence", "variability", "correctness")
@@ -139,10 +142,16 @@ class RunDir:
         if not self.run_json.is_file():
             raise StgError(f"not an stg run directory (no run.json): {self.path}")
         meta = read_json(self.run_json, "run.json")
-        for key in ("task_names", "config", "status"):
-            if key not in meta:
-                raise StgError(f"not an stg run directory ({self.run_json} has no {key!r})")
+        from stg.runs.records import RunRecord
+
+        RunRecord.from_json(meta, self.run_json)  # validated once, here
         return meta
+
+    def record(self) -> "RunRecord":
+        """run.json as a typed, validated ``stg.runs.records.RunRecord``."""
+        from stg.runs.records import RunRecord
+
+        return RunRecord.from_json(self.read(), self.run_json)
 
     def write(self, meta: dict[str, Any]) -> None:
         atomic_write_json(self.run_json, meta)
@@ -195,7 +204,30 @@ class RunDir:
         if not path.is_file():
             have = ", ".join(self.grouping_names()) or "none"
             raise StgError(f"unknown grouping {name!r} in {self.path} (have: {have}); run `stg group` first")
-        return read_json(path, f"grouping {name!r}")
+        obj = read_json(path, f"grouping {name!r}")
+        from stg.runs.records import GroupingRecord
+
+        GroupingRecord.from_json(obj, path, name)  # validated once, here
+        return obj
+
+    def grouping(self, name: str) -> "GroupingRecord":
+        """groupings/NAME.json as a typed, validated ``stg.runs.records.GroupingRecord``."""
+        from stg.runs.records import GroupingRecord
+
+        return GroupingRecord.from_json(self.read_grouping(name), self.grouping_path(name), name)
+
+    def metrics_path(self, grouping: str) -> Path:
+        return self.groups_dir(grouping) / "metrics.json"
+
+    def metrics(self, grouping: str) -> "MetricsRecord | None":
+        """groups/GROUPING/metrics.json as a typed ``stg.runs.records.MetricsRecord``; None before
+        the grouping's specialists were trained."""
+        from stg.runs.records import MetricsRecord
+
+        path = self.metrics_path(grouping)
+        if not path.is_file():
+            return None
+        return MetricsRecord.from_json(read_json(path, f"metrics of grouping {grouping!r}"), path)
 
     def write_grouping(self, name: str, grouping: dict[str, Any]) -> None:
         atomic_write_json(self.grouping_path(name), grouping)

@@ -1,4 +1,4 @@
-"""Per-task binary metrics from logits, and ensembles of k specialists' logits (spec section 5.2, 9).
+"""Per-task binary metrics from logits, and ensembles of k specialists' logits (docs/architecture.md §4).
 
 Predictions: ``sigmoid(z) > threshold`` (0.5). Per task: accuracy, balanced accuracy (mean recall
 over the classes present in the labels, as scikit-learn), F1 = 2TP / (2TP + FP + FN) with F1 = 0

@@ -1,5 +1,5 @@
 """How to train: one frozen ``TrainConfig`` passed whole from the CLI, the dashboard and run.json
-to the training loop."""
+to the training loop. Imports no torch: ``stg group`` and ``stg export`` read configs without it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from stg.errors import StgError
-from stg.train.models import MODEL_NAMES
-
 PRECISIONS = ("auto", "bf16", "fp32")
+MODEL_NAMES = ("cnn", "resnet18", "resnet18-cifar")  # built by stg.train.models.build_model
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 from stg.errors import StgError
+from stg.train.config import MODEL_NAMES
 
-MODEL_NAMES = ("cnn", "resnet18", "resnet18-cifar")
 
 
 class Dropout(nn.Dropout):

@@ -1,4 +1,4 @@
-"""A whole training step captured once in a CUDA graph and replayed (DESIGN.md section 4).
+"""A whole training step captured once in a CUDA graph and replayed (docs/architecture.md §3).
 
 Small models on 32x32 images are launch-bound on a GPU: an eager ResNet-18 step at batch 256 keeps
 an H100 at a few percent of its peak while the CPU queues hundreds of kernels. The step here is
