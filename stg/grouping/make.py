@@ -1,6 +1,11 @@
-"""Group the tasks of a run: features -> soft clustering -> scores -> RUN/groupings/G.json.
+"""Group the tasks of a run -> scores against every reference -> RUN/groupings/G.json.
 
-This is what ``stg group`` and the dashboard's grouping page call.
+This is what ``stg group`` and the dashboard's grouping page call. Grouping methods are plug-ins
+in one registry (``GROUPING_METHODS``), each reading what it needs from the run directory:
+STG-MTL's clusterings of the data maps (``fuzzy-kmeans``, the paper's; ``fcm``; ``kmeans``) are
+registered here; TAG's and gradient cosine's selections from the recorded affinities (``tag``,
+``cs``) in ``stg.affinity.grouping``. Every method writes G.json in one schema (membership (T, k),
+labels (T,), scores), so training, comparison, export and the app treat them alike.
 """
 
 from __future__ import annotations
@@ -8,23 +13,83 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
 from stg.errors import StgError
 from stg.grouping.features import check_projection_dim, check_stats, resolve_epochs, task_coordinates
-from stg.grouping.fuzzy import check_cluster_args, cluster_tasks
+from stg.grouping.fuzzy import FUZZY_METHODS, check_cluster_args, cluster_tasks
 from stg.grouping.reference import compare
 from stg.runs.rundir import RunDir, check_name
 
 FEATURE_STATS = ("confidence", "variability")
 
 
+@dataclass(frozen=True)
+class GroupingMethod:
+    """A grouping method. ``group(run, task_names, *, k, m, seed, epochs, projection_dim, n_init)``
+    returns its part of G.json: ``membership`` (T, k') with k' <= k, ``labels`` (T,) ints, and any
+    extra fields; it may ignore options it has no use for. ``fuzzy``: whether m applies."""
+
+    name: str
+    group: Callable[..., dict[str, Any]]
+    fuzzy: bool = False
+    help: str = ""
+
+
+GROUPING_METHODS: dict[str, GroupingMethod] = {}
+
+
+def register_method(method: GroupingMethod) -> GroupingMethod:
+    GROUPING_METHODS[method.name] = method
+    return method
+
+
+def method_names() -> list[str]:
+    """Every registered grouping method (the data-map clusterings, then TAG's)."""
+    import stg.affinity.grouping  # noqa: F401  (registers tag and cs)
+
+    return list(GROUPING_METHODS)
+
+
+def _cluster_datamaps(run: RunDir, task_names: list[str], *, k: int, m: float, method: str, seed: int,
+                      epochs: str, projection_dim: int | None, n_init: int) -> dict[str, Any]:
+    """STG-MTL: cluster the tasks' data-map features (docs/architecture.md §4)."""
+    stats = check_stats(FEATURE_STATS)
+    available = run.datamap_epochs()
+    if not available:
+        raise StgError(f"run {run.path} has no data map yet: run `stg datamap --out {run.path}` first")
+    epoch_list = resolve_epochs(epochs, available)
+    coords = task_coordinates(run, epochs=epochs, stats=stats, projection_dim=projection_dim, seed=seed)
+    result = cluster_tasks(coords, k=k, m=m, method=method, seed=seed, n_init=n_init)
+    return {
+        "membership": result.membership,
+        "labels": result.labels,
+        "features": {
+            "epochs": epoch_list,
+            "stats": list(stats),
+            "projection_dim": projection_dim,
+            "scaling": "none",
+            "distance": "euclidean",
+        },
+        "n_iter": result.n_iter,
+    }
+
+
+for _name, _help in (("fuzzy-kmeans", "k-means on the data maps, then fuzzy membership (STG-MTL, the paper's)"),
+                     ("fcm", "fuzzy c-means on the data maps"),
+                     ("kmeans", "hard k-means on the data maps")):
+    register_method(GroupingMethod(
+        _name, lambda run, names, *, _m=_name, **o: _cluster_datamaps(run, names, method=_m, **o),
+        fuzzy=_name in FUZZY_METHODS, help=_help))
+
+
 def default_name(*, method: str, k: int, m: float, seed: int = 0, epochs: str = "last",
                  projection_dim: int | None = None) -> str:
     """e.g. ``fuzzy-kmeans-k20-m1.07``; ``-s<seed>``, ``-p<dim>``, ``-e<epochs>`` when not default."""
-    name = f"{method}-k{k}" + (f"-m{m:g}" if method != "kmeans" else "")
+    name = f"{method}-k{k}" + (f"-m{m:g}" if method in FUZZY_METHODS else "")
     if seed:
         name += f"-s{seed}"
     if projection_dim:
@@ -62,42 +127,36 @@ def make_grouping(
     start = time.perf_counter()
     meta = run.read()
     task_names = list(meta["task_names"])
-    k, m, method = check_cluster_args(len(task_names), k=k, m=m, method=method)
+    known = method_names()
+    if method not in GROUPING_METHODS:
+        raise StgError(f"unknown grouping method {method!r}: use one of {', '.join(known)}")
+    plugin = GROUPING_METHODS[method]
+    k, m, _ = check_cluster_args(len(task_names), k=k, m=m, method=method if plugin.fuzzy else "kmeans")
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
         raise StgError(f"invalid n_init {n_init!r}: use a positive integer (default 10)")
-    stats = check_stats(FEATURE_STATS)
     projection_dim = check_projection_dim(projection_dim)
     name = check_name(name if name is not None else default_name(
-        method=method, k=k, m=m, seed=seed, epochs=epochs, projection_dim=projection_dim), "grouping name")
-    available = run.datamap_epochs()
-    if not available:
-        raise StgError(f"run {run.path} has no data map yet: run `stg datamap --out {run.path}` first")
-    epoch_list = resolve_epochs(epochs, available)
-
-    coords = task_coordinates(run, epochs=epochs, stats=stats, projection_dim=projection_dim, seed=seed)
-    result = cluster_tasks(coords, k=k, m=m, method=method, seed=seed, n_init=n_init)
+        method=method, k=k, m=m if plugin.fuzzy else float("nan"), seed=seed, epochs=epochs,
+        projection_dim=projection_dim), "grouping name")
+    part = plugin.group(run, task_names, k=k, m=m, seed=seed, epochs=epochs, projection_dim=projection_dim,
+                        n_init=n_init)
+    membership = np.asarray(part.pop("membership"), dtype=np.float64)
+    labels = np.asarray(part.pop("labels"), dtype=np.int64)
     references = meta.get("references") or {}
-    scores = {ref: compare(result.labels, groups, task_names, missing="ignore") for ref, groups in references.items()}
+    scores = {ref: compare(labels, groups, task_names, missing="ignore") for ref, groups in references.items()}
 
     grouping = {
         "name": name,
-        "k": k,
-        "fuzziness": m,
+        "k": int(membership.shape[1]),
+        "fuzziness": m if plugin.fuzzy else None,
         "method": method,
         "seed": int(seed),
         "n_init": int(n_init),
         "task_names": task_names,
-        "membership": [[float(v) for v in row] for row in result.membership],
-        "labels": [int(v) for v in result.labels],
+        "membership": [[float(v) for v in row] for row in membership],
+        "labels": [int(v) for v in labels],
         "scores": scores,
-        "features": {
-            "epochs": epoch_list,
-            "stats": list(stats),
-            "projection_dim": projection_dim,
-            "scaling": "none",
-            "distance": "euclidean",
-        },
-        "n_iter": result.n_iter,
+        **part,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - start, 4),
     }
@@ -113,10 +172,18 @@ def summary_lines(grouping: dict[str, Any]) -> list[str]:
     names = list(grouping["task_names"])
     k = int(grouping["k"])
     head = f"{grouping.get('name', 'grouping')}: {grouping['method']}, k={k}"
-    if grouping["method"] != "kmeans":
+    if grouping.get("fuzziness") is not None and grouping["method"] in FUZZY_METHODS:
         head += f", fuzziness m={grouping['fuzziness']:g}"
     lines = [head + f", seed={grouping['seed']}, {len(names)} tasks"]
-    for c in range(k):
+    if "groups" in grouping:  # a selection of (possibly overlapping) groups: TAG, gradient cosine
+        for c, members in enumerate(grouping["groups"]):
+            served = {names[i] for i in np.flatnonzero(labels == c)}
+            body = ", ".join(t if t in served else f"({t})" for t in members)
+            lines.append(f"  group {c} ({len(members)} tasks, serves {len(served)}): {body}")
+        lines.append("  (a task in parentheses helps the group's training but is served by another group)")
+        gap = "optimal" if grouping.get("exact") else f"upper bound {grouping['bound']:.4g}"
+        lines.append(f"  objective {grouping['objective']:.4g} ({gap})")
+    for c in range(k if "groups" not in grouping else 0):
         members = np.flatnonzero(labels == c)
         members = members[np.argsort(-w[members, c], kind="stable")]
         if len(members) == 0:
