@@ -14,7 +14,7 @@ import torch
 from stg.data.cifar import load_cifar10, load_cifar100
 from stg.data.datasets import DATASET_NAMES, load_classdata, load_taskset
 from stg.errors import StgError
-from stg.data.fashion import SYSTEM_DIR, read_idx
+from stg.data.fashion import SAMPLE_PATH, SYSTEM_DIR, read_idx
 from stg.data.taskspec import PRESETS, build_taskset, stratified_subset
 from fixtures import CIFAR100_SUPERCLASSES, TEST_DATA, write_cifar10, write_cifar100
 
@@ -154,14 +154,27 @@ def test_split_determinism(cifar_root: Path) -> None:
     a, b = build_taskset(data, seed=1), build_taskset(data, seed=1)
     c = build_taskset(data, seed=2)
     assert torch.equal(a.train.index, b.train.index) and torch.equal(a.val.index, b.val.index)
-    assert not torch.equal(a.val.index, c.val.index)
-    perm = torch.randperm(300, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a.val.index, perm[:30].sort().values)
+
+    def definition(seed: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """stg.data.taskspec.split_rows: val = the first round(fraction * N) rows of a permutation
+        seeded by ``seed``, train = the rest, each sorted."""
+        perm = torch.randperm(300, generator=torch.Generator().manual_seed(seed))
+        n_val = round(fraction * 300)
+        return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+    d = build_taskset(data, seed=1, val_fraction=0.25)
+    for ts, seed, fraction in ((a, 1, 0.1), (c, 2, 0.1), (d, 1, 0.25)):
+        train_rows, val_rows = definition(seed, fraction)
+        assert torch.equal(ts.train.index, train_rows) and torch.equal(ts.val.index, val_rows)
+        for split in (ts.train, ts.val):  # each split holds the images and classes of its rows
+            assert torch.equal(split.images, data.train_images[split.index])
+            assert torch.equal(split.classes, data.train_classes[split.index].long())
+    assert not torch.equal(a.val.index, c.val.index)  # the seed matters
     rows = torch.cat([a.train.index, a.val.index]).sort().values
     assert torch.equal(rows, torch.arange(300))
     z = build_taskset(data, seed=1, val_fraction=0.0)
     assert len(z.val) == 0 and len(z.train) == 300 and z.val.labels.shape == (0, 10)
-    assert build_taskset(data, seed=1, val_fraction=0.25).val.images.shape[0] == 75
+    assert d.val.images.shape[0] == 75
 
 
 def test_limit_is_stratified(cifar_root: Path) -> None:
@@ -265,7 +278,7 @@ def test_fashion_mnist_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sam
     assert ts.train.images.shape[1:] == (1, 28, 28) and ts.train.images.dtype == torch.uint8
     data = load_classdata("fashion-mnist")
     assert data.train_classes[:4].tolist() == [9, 0, 0, 3]  # ankle boot, T-shirt, T-shirt, dress
-    z = np.load(Path(__file__).resolve().parents[1] / "assets" / "fashion_sample.npz")
+    z = np.load(SAMPLE_PATH)
     assert torch.equal(data.train_images[torch.from_numpy(z["train_indices"])][:, 0], torch.from_numpy(z["train_images"]))
     assert set(ts.references["garment-type"]) == {"footwear", "tops", "bottoms_and_dresses", "accessories"}
     with raises("Fashion-MNIST not found in"):

@@ -233,7 +233,18 @@ def test_scan_and_stability(planted):
     assert [r["k"] for r in scan] == [10, 20, 30]
     assert recommend_k(scan) == 20
     for r in scan:
-        assert 1 / r["k"] <= r["partition_coefficient"] <= 1 + 1e-12 and r["xie_beni"] > 0 and r["inertia"] > 0
+        assert 1 / r["k"] <= r["partition_coefficient"] <= 1 + 1e-12 and r["inertia"] > 0
+        # Xie-Beni from its definition: sum_tc w_tc^m ||y_t - C_c||^2 / (T * min_{c != c'} ||C_c - C_c'||^2),
+        # with the clustering scan_k makes (its defaults: fuzzy-kmeans, m = 1.07, seed 0, n_init 10)
+        res = cluster_tasks(y, k=r["k"], m=1.07, method="fuzzy-kmeans", seed=0, n_init=10)
+        d2 = ((y[:, None, :] - res.centroids[None, :, :]) ** 2).sum(-1)
+        c2 = ((res.centroids[:, None, :] - res.centroids[None, :, :]) ** 2).sum(-1)
+        want = (res.membership ** 1.07 * d2).sum() / (len(y) * c2[~np.eye(r["k"], dtype=bool)].min())
+        assert r["xie_beni"] == pytest.approx(want, rel=1e-9) and r["xie_beni"] > 0
+    # by hand: two hard clusters {0, 1} and {10, 11}: centroids 0.5 and 10.5, compactness 4 * 0.25,
+    # separation 10^2 -> 1 / (4 * 100)
+    line = np.array([[0.0], [1.0], [10.0], [11.0]])
+    assert scan_k(line, ks=[2], method="kmeans")[0]["xie_beni"] == pytest.approx(0.0025, rel=1e-12)
     assert scan[0]["inertia"] > scan[1]["inertia"] > scan[2]["inertia"]
     st = stability(y, k=20, seeds=[0, 1, 2])
     assert st["consensus"].shape == (100, 100) and st["mean_ari"] == pytest.approx(1.0)
@@ -299,10 +310,33 @@ def test_export_round_trip(planted, fmt):
 
 
 # -- projection ---------------------------------------------------------------------------------
+def _pca_scores(x: np.ndarray) -> np.ndarray:
+    """The first two principal-component scores of x from numpy's SVD, each axis's sign fixed so
+    its largest entry is positive (project_tasks's convention)."""
+    xc = x - x.mean(axis=0)
+    u, sv, _ = np.linalg.svd(xc, full_matrices=False)
+    scores = u[:, :2] * sv[:2]
+    signs = np.sign(scores[np.argmax(np.abs(scores), axis=0), [0, 1]])
+    return scores * signs
+
+
 def test_project_tasks_pca():
+    from sklearn.decomposition import PCA
+
     x, _ = separated()
     p = project_tasks(x)
     assert p.shape == (len(x), 2) and np.isfinite(p).all()
+    np.testing.assert_allclose(p, _pca_scores(x), atol=1e-9 * np.abs(p).max())
+    ref = PCA(n_components=2, svd_solver="full").fit_transform(x)
+    for axis in range(2):  # scikit-learn's scores, up to each axis's sign
+        sign = np.sign(ref[:, axis] @ p[:, axis])
+        np.testing.assert_allclose(p[:, axis], sign * ref[:, axis], atol=1e-9 * np.abs(p).max())
+    assert np.all(np.abs(p).max(axis=0) == p.max(axis=0))  # each axis's largest entry is positive
+    # two tasks: one component, +-half their distance; the missing second axis is zeros
+    two = project_tasks(x[:2])
+    np.testing.assert_allclose(np.sort(two[:, 0]), np.array([-1, 1]) * np.linalg.norm(x[0] - x[1]) / 2)
+    np.testing.assert_array_equal(two[:, 1], 0.0)
+    np.testing.assert_array_equal(project_tasks(x[:1]), np.zeros((1, 2)))
     np.testing.assert_array_equal(p, project_tasks(x))
     assert project_tasks(x[:2]).shape == (2, 2) and project_tasks(x[:1]).shape == (1, 2)
     with pytest.raises(StgError):

@@ -18,7 +18,7 @@ from stg.train.device import DeviceData, channel_stats
 from stg.train.loop import Monitor
 from stg.errors import StgError
 from stg.specialists.evaluate import auroc, binary_metrics, ensemble_logits, ensemble_weights
-from stg.specialists.grouped import random_hard_grouping, summary_table, train_groups
+from stg.specialists.grouped import evaluate_plan, plan_groups, random_hard_grouping, summary_table, train_groups
 from stg.train.loss import weighted_bce
 from stg.train.models import PaperCNN
 from stg.runs.rundir import RunDir, atomic_write_json
@@ -218,6 +218,16 @@ def test_ensembles() -> None:
     labels = np.array([0, 0, 1, 1, 1, 2])
     shuffled = random_hard_grouping(labels, seed=3)
     assert sorted(shuffled) == sorted(labels)
+    # a seeded shuffle of the tasks: tasks labelled by their own index come out permuted, not in place
+    order = random_hard_grouping(np.arange(6), seed=3)
+    assert sorted(order) == list(range(6)) and not np.array_equal(order, np.arange(6))
+    for seed in (0, 3, 7):
+        out = random_hard_grouping(labels, seed=seed)
+        assert np.array_equal(np.bincount(out, minlength=3), np.bincount(labels))  # the cluster sizes are kept
+        assert np.array_equal(out, random_hard_grouping(labels, seed=seed))  # deterministic by seed
+        assert np.array_equal(out, labels[random_hard_grouping(np.arange(6), seed=seed)])  # one permutation of the tasks
+    assert not np.array_equal(random_hard_grouping(labels, seed=0), labels)  # not the grouping it was given
+    assert len({tuple(random_hard_grouping(labels, seed=s)) for s in range(20)}) > 5  # the seed matters
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,6 +264,37 @@ def test_train_groups_writes_metrics_and_resumes(tiny_run, tmp_path: Path) -> No
     assert set(saved["gain_vs_mtl"]) == set(ts.task_names)
     assert set(saved["gain_vs_mtl"]["class_0"]) == {"balanced_accuracy", "f1"}
     assert isinstance(saved["losers"], list) and saved["config"]["epochs"] == 2
+    # gain = grouped - mtl per task (None where either is undefined); losers: the tasks whose
+    # balanced accuracy drops against mtl, in task order
+    grouped, mtl = saved["models"]["grouped"]["per_task"], saved["models"]["mtl"]["per_task"]
+    for t in ts.task_names:
+        for key in ("balanced_accuracy", "f1"):
+            got, g, m = saved["gain_vs_mtl"][t][key], grouped[t][key], mtl[t][key]
+            if g is None or m is None:
+                assert got is None, (t, key)
+            else:
+                assert got == pytest.approx(g - m, abs=1e-6), (t, key)
+    ba = "balanced_accuracy"
+    assert saved["losers"] == [t for t in ts.task_names if grouped[t][ba] is not None and mtl[t][ba] is not None
+                               and grouped[t][ba] < mtl[t][ba]]
+    assert metrics["gain_vs_mtl"] == saved["gain_vs_mtl"] and metrics["losers"] == saved["losers"]
+    # the tiny run's gains may all be 0: the same evaluation on test logits where the specialists
+    # win tasks 0-1 and lose tasks 2-3 against mtl
+    plan = plan_groups(full, "g2", device="cpu", taskset=ts)
+    y = torch.as_tensor(ts.test.labels).numpy()
+    right, wrong = 4 * (2 * y - 1), np.where(np.arange(len(y))[:, None] % 2 == 0, 3.0, -3.0) * np.ones_like(y)
+    good_on_01 = np.concatenate([right[:, :2], wrong[:, 2:]], axis=1)
+    good_on_23 = np.concatenate([wrong[:, :2], right[:, 2:]], axis=1)
+    logits = {"grouped": np.stack([good_on_01, good_on_01]), "mtl": good_on_23[None],
+              "random": np.stack([wrong, wrong])}
+    made = evaluate_plan(plan, {f.name: {"test_logits": logits[f.name], "seconds": 0.0, "history": []}
+                                for f in plan.families}, 0.0)
+    g2, m2 = made["models"]["grouped"]["per_task"], made["models"]["mtl"]["per_task"]
+    for t in ts.task_names:
+        for key in ("balanced_accuracy", "f1"):
+            assert made["gain_vs_mtl"][t][key] == pytest.approx(g2[t][key] - m2[t][key], abs=1e-6), (t, key)
+    assert [made["gain_vs_mtl"][t][ba] > 0 for t in ts.task_names] == [True, True, False, False]
+    assert made["losers"] == list(ts.task_names[2:])
     assert json.loads((full.groups_dir("g2") / "status.json").read_text())["status"] == "done"
     assert any("grouped" in line for line in summary_table(metrics))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -142,5 +143,41 @@ def test_status_read_back_from_run_json(tmp_path: Path) -> None:
     assert run_status(run.path) == "cancelled"
 
 
-def test_get_manager_is_a_singleton() -> None:
-    assert get_manager() is get_manager()
+def test_get_manager_is_a_singleton(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stg.runs.jobs as jobs
+
+    manager = get_manager()
+    assert isinstance(manager, JobManager) and get_manager() is manager
+    # the dashboard's manager (stg_app/common.py, also cached by streamlit) is this same one
+    if importlib.util.find_spec("streamlit") is not None:
+        monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "stg_app"))
+        import common
+
+        assert common.manager() is manager and common.manager() is manager
+
+    # created once even when many threads ask at once for the first one (a slow constructor
+    # leaves every thread time to see "no manager yet")
+    made: list[JobManager] = []
+
+    class SlowManager(JobManager):
+        def __init__(self) -> None:
+            made.append(self)
+            time.sleep(0.05)
+            super().__init__()
+
+    monkeypatch.setattr(jobs, "_MANAGER", None)
+    monkeypatch.setattr(jobs, "JobManager", SlowManager)
+    barrier = threading.Barrier(8, timeout=30)
+    got: list[JobManager] = []
+
+    def ask() -> None:
+        barrier.wait()
+        got.append(get_manager())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(made) == 1 and len(got) == 8 and all(m is made[0] for m in got)
+    assert get_manager() is made[0]

@@ -79,16 +79,19 @@ def _problem(seed: int = 0):
     return lin, opt, data
 
 
-def _plain_training(epochs: int, batch: int) -> tuple[list[list[int]], list[torch.Tensor]]:
-    """The reference: an ordinary eager loop."""
+def _plain_training(epochs: int, batch: int, losses: list[float] | None = None) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """The reference: an ordinary eager loop (each step's loss appended to ``losses`` when given)."""
     lin, opt, data = _problem()
     seen = []
     for _ in range(epochs):
         for index in torch.arange(len(data)).split(batch):
             seen.append(index.tolist())
             opt.zero_grad(set_to_none=True)
-            lin(data[index]).square().mean().backward()
+            loss = lin(data[index]).square().mean()
+            loss.backward()
             opt.step()
+            if losses is not None:
+                losses.append(float(loss.detach()))
     return seen, [p.detach().clone() for p in lin.parameters()]
 
 
@@ -131,14 +134,17 @@ def test_warm_up_then_one_capture_then_replays_train_exactly_like_eager_steps(mo
     fake = FakeCUDA()
     fake.install(monkeypatch)
     runner, seen, params, modes, losses, g = _graphed_training(fake, epochs=2, batch=8)  # 5 x 8 + 3 rows
-    ref_seen, ref_params = _plain_training(epochs=2, batch=8)
+    ref_losses: list[float] = []
+    ref_seen, ref_params = _plain_training(epochs=2, batch=8, losses=ref_losses)
     assert seen == ref_seen  # every replay read the batch it was given, through the static index
     for a, b in zip(params, ref_params):
         assert torch.equal(a, b)  # the eager short batches zeroed the gradients they added to
     assert fake.captures == 1 and runner.replays == 2 * 5 - WARMUP_STEPS
     assert modes[:WARMUP_STEPS] == ["warming up"] * WARMUP_STEPS and set(modes[WARMUP_STEPS:]) == {"cuda-graph"}
     assert runner.graph is not None and runner.graph.generators == [g]
-    assert all(loss >= 0 for loss in losses)
+    # every step (warm-up, replay through the graph's static output, eager short batch) returned its
+    # own loss, the one the eager loop computes at that step
+    assert losses == ref_losses and len(set(losses)) == len(losses)
 
 
 def test_a_failed_capture_warns_and_trains_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
