@@ -1,9 +1,9 @@
-"""Build assets/fashion_sample.npz: a reproducible class-stratified sample of real Fashion-MNIST.
+"""Build stg/data/assets/fashion_sample.npz: a reproducible class-stratified sample of real Fashion-MNIST.
 
 400 train + 100 test images per class (4,000 + 1,000), chosen with numpy's default_rng(SEED)
 from the original IDX files, stored with np.savez_compressed together with the source indices.
 
-    python scripts/build_fashion_sample.py [--source DIR] [--out assets/fashion_sample.npz]
+    python scripts/build_fashion_sample.py [--source DIR] [--out stg/data/assets/fashion_sample.npz]
 
 DIR holds the four *-ubyte[.gz] files (default /usr/share/datasets/fashion-mnist, the Debian
 package dataset-fashion-mnist).
@@ -35,7 +35,7 @@ def stratified_indices(labels: np.ndarray, per_class: int, rng: np.random.Genera
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SYSTEM_DIR)
-    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "fashion_sample.npz")
+    parser.add_argument("--out", type=Path, default=ROOT / "stg" / "data" / "assets" / "fashion_sample.npz")
     args = parser.parse_args()
     files = find_files([args.source])
     if files is None:

@@ -1,4 +1,4 @@
-"""The stg dashboard: `stg app` runs `streamlit run app/Home.py` with STG_RUNS = the runs folder."""
+"""The stg dashboard: `stg app` runs `streamlit run stg_app/Home.py` with STG_RUNS = the runs folder."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from stg.train.config import TrainConfig  # noqa: E402
 from stg.runs.jobs import get_manager  # noqa: E402
 from stg.runs.rundir import RunDir  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "app"
+APP = Path(__file__).resolve().parents[1] / "stg_app"
 PAGES = {
     "0_overview.py": "stg: which tasks",
     "1_train.py": "Train & data maps",

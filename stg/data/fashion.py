@@ -2,7 +2,7 @@
 
 Read from the four standard IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ``.gz``), parsed here with
-numpy. Also the embedded 5,000-image sample ``assets/fashion_sample.npz`` (see FASHION_SAMPLE.md).
+numpy. Also the embedded 5,000-image sample ``stg/data/assets/fashion_sample.npz`` (see FASHION_SAMPLE.md).
 
 Reference ``garment-type`` groups the 10 classes by what part of the body they dress:
 
@@ -41,7 +41,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
-SAMPLE_PATH = Path(__file__).resolve().parents[2] / "assets" / "fashion_sample.npz"
+SAMPLE_PATH = Path(__file__).resolve().parent / "assets" / "fashion_sample.npz"  # package data of stg.data
 _MAGIC = {1: 0x00000801, 3: 0x00000803}  # IDX magic: unsigned byte data, 1 or 3 dimensions
 
 
