@@ -18,6 +18,7 @@ import streamlit as st
 
 from stg.errors import StgError  # noqa: F401 (pages use common.StgError)
 from stg.runs.jobs import JobManager, get_manager
+from stg.runs.records import RunRecord  # noqa: F401 (pages use common.RunRecord)
 from stg.runs.rundir import RunDir, list_runs
 
 STATUS_ICON = {"running": ":material/autorenew:", "done": ":material/check_circle:", "failed": ":material/error:",
@@ -104,7 +105,7 @@ def require_run(run: RunDir | None, *, datamap: bool = True) -> dict[str, Any] |
         st.info("Pick a run in the sidebar, or start one on **Train & data maps**.")
         return None
     try:
-        meta = read_meta(str(run.path), _mtime(run.run_json))
+        meta = read_meta(str(run.path), mtime(run.run_json))
     except StgError as e:
         st.error(str(e))
         return None
@@ -116,7 +117,7 @@ def require_run(run: RunDir | None, *, datamap: bool = True) -> dict[str, Any] |
 
 
 # -- cached reads (keyed by file mtimes so a new epoch invalidates) ---------------------------------
-def _mtime(path: Path) -> float:
+def mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
     except OSError:
@@ -129,7 +130,7 @@ def read_meta(path: str, mtime: float) -> dict[str, Any]:
 
 
 def meta_of(run: RunDir) -> dict[str, Any]:
-    return read_meta(str(run.path), _mtime(run.run_json))
+    return read_meta(str(run.path), mtime(run.run_json))
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -139,7 +140,7 @@ def _datamap(path: str, epoch: int, mtime: float) -> dict[str, np.ndarray]:
 
 def datamap(run: RunDir, epoch: int) -> dict[str, np.ndarray]:
     """{confidence, variability, correctness}: float32 (T, N) of one epoch snapshot."""
-    return _datamap(str(run.path), epoch, _mtime(run.datamap_path(epoch)))
+    return _datamap(str(run.path), epoch, mtime(run.datamap_path(epoch)))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -154,7 +155,7 @@ def _grid(path: str, epoch: int, mtime: float, bins: int):
 
 
 def datamap_grid_figure(run: RunDir, epoch: int, *, bins: int = 24):
-    return _grid(str(run.path), epoch, _mtime(run.datamap_path(epoch)), bins)
+    return _grid(str(run.path), epoch, mtime(run.datamap_path(epoch)), bins)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -167,7 +168,7 @@ def _coords(path: str, mtime: float, epochs: str) -> np.ndarray:
 def task_coords(run: RunDir, *, epochs: str = "last") -> np.ndarray:
     """Exact low-dim coordinates of the task features (T, r): cached in memory and on disk."""
     last = run.datamap_epochs()[-1]
-    return _coords(str(run.path), _mtime(run.datamap_path(last)), epochs)
+    return _coords(str(run.path), mtime(run.datamap_path(last)), epochs)
 
 
 def datamap_csv(dm: dict[str, np.ndarray], task_names: list[str], tasks: list[str], index: np.ndarray) -> bytes:

@@ -24,7 +24,7 @@ mgr = common.manager()
 for name in common.run_names():
     path = common.runs_root() / name
     try:
-        meta = common.read_meta(str(path), common._mtime(path / "run.json"))
+        meta = common.read_meta(str(path), common.mtime(common.RunDir(path).run_json))
     except Exception:  # a corrupt run folder is listed, not fatal
         rows.append({"run": name, "status": "failed"})
         continue

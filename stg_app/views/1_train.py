@@ -44,7 +44,7 @@ def start_run() -> None:
         config = TrainConfig(model=s["f_model"], epochs=int(s["f_epochs"]), batch_size=int(s["f_batch"]),
                              lr=float(s["f_lr"]), seed=int(s["f_seed"]), device=s["f_device"])
         out = common.runs_root() / name
-        if (out / "run.json").is_file():
+        if common.RunDir(out).exists():
             raise StgError(f"run {name!r} already exists: choose another name (or pick it and press Resume)")
         with st.spinner("loading the data"):
             common.manager().start_datamap(out, spec, config, download=bool(s.get("f_download")))

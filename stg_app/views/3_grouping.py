@@ -83,7 +83,7 @@ def k_scan(run: common.RunDir, n_tasks: int, m: float, method: str, seed: int) -
 
             with common.errors():
                 last = run.datamap_epochs()[-1]
-                scan = cached_scan(str(run.path), common._mtime(run.datamap_path(last)), tuple(range(2, top + 1)),
+                scan = cached_scan(str(run.path), common.mtime(run.datamap_path(last)), tuple(range(2, top + 1)),
                                    m, method, seed)
                 best = recommend_k(scan)
                 st.plotly_chart(k_scan_figure(scan, recommended=best), key="kscan")

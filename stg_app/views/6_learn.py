@@ -25,7 +25,7 @@ def start_demo() -> None:
     mgr = common.manager()
     st.session_state.pop("learn_error", None)
     try:
-        if (out / "run.json").is_file():
+        if common.RunDir(out).exists():
             if mgr.status(out) in ("cancelled", "interrupted", "failed"):
                 mgr.resume_datamap(out)
         else:
@@ -36,11 +36,11 @@ def start_demo() -> None:
     common.select_run(DEMO)
 
 
-def special_tasks(names: list[str]) -> dict[str, list[str]]:
-    """Which tasks of a run illustrate interference: random tasks, complement pairs (X, not_X)."""
-    pairs = [[t.removeprefix("not_"), t] for t in names if t.startswith("not_") and t.removeprefix("not_") in names]
-    return {"random": [t for t in names if t == "random" or t.startswith("random")],
-            "pairs": pairs, "flipped": [t for t in names if t == "upside_down"]}
+def special_tasks(record: common.RunRecord) -> dict[str, list]:
+    """Which tasks of a run illustrate interference, from the task kinds run.json stores: random
+    tasks, complement pairs (X, not_X) and the upside-down flag task."""
+    return {"random": record.tasks_of_kind("random"), "pairs": [list(p) for p in record.complement_pairs()],
+            "flipped": record.tasks_of_kind("flipped")}
 
 
 def demo_progress() -> None:
@@ -62,7 +62,7 @@ def demo_progress() -> None:
 
 def explain(run: common.RunDir, meta: dict) -> None:
     names = list(meta["task_names"])
-    special = special_tasks(names)
+    special = special_tasks(run.record())
     highlight = special["random"] + [t for pair in special["pairs"] for t in pair] + special["flipped"]
     if not highlight:
         st.info(f"Run `{run.path.name}` has no random or complement task. Start the demo above, or train a run "
@@ -119,9 +119,16 @@ if "learn_error" in st.session_state:
     st.error(st.session_state["learn_error"])
 demo_progress()
 target = run
-if target is not None and not special_tasks(list(common.meta_of(target)["task_names"]))["random"]:
+def has_random_task(run: common.RunDir) -> bool:
+    try:
+        return bool(special_tasks(run.record())["random"])
+    except common.StgError:  # a corrupt run: require_run below says what is wrong
+        return False
+
+
+if target is not None and not has_random_task(target):
     demo = common.runs_root() / DEMO
-    if (demo / "run.json").is_file():
+    if common.RunDir(demo).exists():
         target = common.RunDir(demo)
 meta = common.require_run(target)
 if meta is not None:
