@@ -127,6 +127,7 @@ def _ctrl_c_cancels() -> Iterator[threading.Event]:
 
 
 def cmd_datamap(args: argparse.Namespace) -> int:
+    from stg.affinity.files import AffinityConfig
     from stg.data.datasets import load_taskset_from_spec
     from stg.data.spec import DataSpec
     from stg.datamap.run import train_datamap
@@ -142,13 +143,16 @@ def cmd_datamap(args: argparse.Namespace) -> int:
         meta = run.read()
         spec = DataSpec.from_meta(meta.get("data"))
         config = TrainConfig.from_meta({**(meta.get("config") or {}), **_given_train_args(args)})
+        affinity = AffinityConfig.from_meta(meta.get("affinity"))
     else:
         spec = _data_spec(args, args.dataset)
         config = TrainConfig(**{**_given_train_args(args), "seed": args.seed, "augment": not args.no_augment,
                                 "ddof": args.ddof})
+        affinity = AffinityConfig.parse(args.affinity, args.affinity_every)
     taskset = load_taskset_from_spec(spec, download=args.download)
     with _ctrl_c_cancels() as cancel:
-        meta = train_datamap(taskset, config, out, data_spec=spec, monitor=Monitor(_Bar(), cancel))
+        meta = train_datamap(taskset, config, out, data_spec=spec, monitor=Monitor(_Bar(), cancel),
+                             affinity=affinity)
     if meta["status"] == "cancelled":
         print(f"cancelled after {meta['epochs_done']} finished epoch(s); run `stg datamap --out {out}` to resume",
               file=sys.stderr)
@@ -213,14 +217,66 @@ def cmd_train_groups(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     run.read()
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    schedule = _schedule(args) if args.schedule is not None else _no_schedule_params(args)
     with _ctrl_c_cancels() as cancel:
         metrics = train_groups(run, args.grouping, epochs=args.epochs, baselines=baselines, hard=args.hard,
-                               executor=args.executor, device=args.device, monitor=Monitor(_Bar(), cancel))
+                               executor=args.executor, device=args.device, monitor=Monitor(_Bar(), cancel),
+                               schedule=schedule)
     if metrics.get("status") == "cancelled":
         print(f"cancelled; run `stg train-groups {run.path} --grouping {args.grouping}` again to resume",
               file=sys.stderr)
         return 130
     for line in summary_table(metrics):
+        print(line)
+    return 0
+
+
+_SCHEDULE_PARAMS = ("w0", "eta", "nu", "switch_at", "eps")
+
+
+def _add_schedule_args(p: argparse.ArgumentParser, *, default: str | None) -> None:
+    """MT2ST schedule options (stg.mt2st.schedules)."""
+    p.add_argument("--schedule", default=default,
+                   help="MT2ST schedule of the auxiliary tasks' weight: mtl, stl, diminish (w0*exp(-eta*t^nu)), "
+                        "diminish-code (w0^(2^t)) or switch" + (f" (default {default})" if default else ""))
+    p.add_argument("--w0", type=_float, default=None, help="diminish: initial weight (default 1); diminish-code: 0.95")
+    p.add_argument("--eta", type=_float, default=None, help="diminish: decay rate >= 0 (default 0.5)")
+    p.add_argument("--nu", type=_float, default=None, help="diminish: curvature > 0 (default 1)")
+    p.add_argument("--switch-at", type=_float, default=None,
+                   help="switch: a fraction of training in (0, 1) or a whole number of epochs (default 0.6)")
+    p.add_argument("--eps", type=_float, default=None, help="diminish: weights below this are 0 (default 1e-3)")
+    p.add_argument("--per-step", action="store_true", help="update the weight every step, not every epoch")
+
+
+def _schedule(args: argparse.Namespace):
+    from stg.mt2st.schedules import make_schedule
+
+    return make_schedule(args.schedule, per_step=args.per_step,
+                         **{k: getattr(args, k) for k in _SCHEDULE_PARAMS})
+
+
+def _no_schedule_params(args: argparse.Namespace) -> None:
+    given = [k for k in _SCHEDULE_PARAMS if getattr(args, k) is not None] + (["per_step"] if args.per_step else [])
+    if given:
+        raise StgError(f"--{given[0].replace('_', '-')} needs --schedule")
+    return None
+
+
+def cmd_mt2st(args: argparse.Namespace) -> int:
+    from stg.mt2st.target import summary_lines, train_target_run
+    from stg.runs.rundir import RunDir
+    from stg.train.loop import Monitor
+
+    run = RunDir(args.run)
+    run.read()
+    schedule = _schedule(args)
+    with _ctrl_c_cancels() as cancel:
+        metrics = train_target_run(run, args.target, helpers=args.helpers, schedule=schedule, epochs=args.epochs,
+                                   device=args.device, metric=args.metric, monitor=Monitor(_Bar(), cancel))
+    if metrics.get("status") == "cancelled":
+        print("cancelled; run the same `stg mt2st` command again to resume", file=sys.stderr)
+        return 130
+    for line in summary_lines(metrics):
         print(line)
     return 0
 
@@ -318,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=("auto", "bf16", "fp32"),
                    help="auto (default): bf16 autocast on GPUs and CPUs with native bf16, else fp32")
     p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
+    p.add_argument("--affinity", default=None,
+                   help="also record inter-task affinities in the same run: tag (TAG's lookahead), cs (gradient "
+                        "cosine) or tag,cs; then `stg group RUN --method tag`")
+    p.add_argument("--affinity-every", type=_int, default=10, help="probe the affinity every F steps (default 10)")
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=cmd_datamap)
 
@@ -325,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("--k", type=_int, required=True, help="number of clusters (2..T)")
     p.add_argument("--fuzziness", type=_float, default=1.07, help="fuzziness m > 1 (default 1.07, the paper's)")
-    p.add_argument("--method", default="fuzzy-kmeans", help="fuzzy-kmeans (default, the paper's), fcm or kmeans")
+    p.add_argument("--method", default="fuzzy-kmeans",
+                   help="fuzzy-kmeans (default, STG-MTL's), fcm or kmeans on the data maps; tag or cs on the "
+                        "affinities recorded with `stg datamap --affinity tag,cs` (TAG's group selection)")
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--name", default=None, help="grouping name (default from method, k, m)")
     p.add_argument("--epochs", default="last", help="data-map snapshots used as features: last (default), all, or e.g. 2,5")
@@ -341,7 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hard", action="store_true", help="use hard (argmax) memberships for the specialists")
     p.add_argument("--executor", default="local", help="local (default) or ray")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    _add_schedule_args(p, default=None)
     p.set_defaults(func=cmd_train_groups)
+
+    p = sub.add_parser("mt2st", help="train one target task with helpers under an MT2ST schedule",
+                       description="Train a target task with helper tasks whose loss weight follows an MT2ST "
+                                   "schedule, against the target alone (stl) and with constant helpers (mtl); writes "
+                                   "RUN/mt2st/TARGET/HELPERS/metrics.json. Re-running resumes.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--target", required=True, help="the primary task (a task of the run)")
+    p.add_argument("--helpers", default="all",
+                   help="all (default: every other task) or a grouping name (the target's argmax group)")
+    p.add_argument("--epochs", type=_int, default=None, help="epochs per model (default: the data-map run's)")
+    p.add_argument("--metric", default="balanced_accuracy", choices=("balanced_accuracy", "auroc"),
+                   help="validation metric for epochs-to-stl (default balanced_accuracy)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    _add_schedule_args(p, default="switch")
+    p.set_defaults(func=cmd_mt2st)
 
     p = sub.add_parser("export", help="export a grouping", description="Export a grouping as JSON, CSV or YAML.")
     p.add_argument("run", help="run directory")

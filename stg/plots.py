@@ -294,3 +294,29 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None =
                              name="val balanced accuracy", showlegend=False), row=1, col=2)
     fig.update_xaxes(title="epoch", dtick=1)
     return _layout(fig, height=280, title=title)
+
+
+def affinity_heatmap(affinity: np.ndarray, task_names: Sequence[str], *, labels: Sequence[int] | None = None,
+                     title: str | None = None) -> go.Figure:
+    """A (T, T) source x target affinity as a heatmap (rows: source task i, columns: target task j,
+    cell: Z[i -> j]), tasks ordered by ``labels`` (T,) so each group reads as a block. The colour
+    scale is symmetric around 0: blue helps, red hurts. The diagonal (a task onto itself) is blank."""
+    a = np.asarray(affinity, dtype=np.float64).copy()
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] != len(task_names):
+        raise StgError(f"affinity must be ({len(task_names)}, {len(task_names)}), got {a.shape}")
+    np.fill_diagonal(a, np.nan)
+    order = np.arange(len(a)) if labels is None else np.argsort(np.asarray(labels), kind="stable")
+    a = a[np.ix_(order, order)]
+    names = [str(task_names[i]) for i in order]
+    finite = np.abs(a[np.isfinite(a)])
+    scale = float(np.quantile(finite, 0.98)) if finite.size else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=a.astype(np.float32), x=names, y=names, zmid=0, zmin=-scale or -1, zmax=scale or 1, colorscale="RdBu",
+        colorbar=dict(title="affinity", thickness=12),
+        hovertemplate="source %{y}<br>target %{x}: %{z:.4g}<extra></extra>",
+    ))
+    small = len(names) > 30
+    fig.update_yaxes(autorange="reversed", title="source", tickfont=dict(size=8 if small else 11))
+    fig.update_xaxes(title="target", tickfont=dict(size=8 if small else 11))
+    side = min(1400, max(360, 14 * len(names) + 140))
+    return _layout(fig, height=side, title=title)

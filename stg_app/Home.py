@@ -19,6 +19,7 @@ nav = st.navigation([
     st.Page(VIEWS / "3_grouping.py", title="Grouping", icon=":material/hub:", url_path="grouping"),
     st.Page(VIEWS / "4_grouped_training.py", title="Grouped training", icon=":material/groups:", url_path="grouped-training"),
     st.Page(VIEWS / "5_export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page(VIEWS / "7_affinity.py", title="Affinity (TAG)", icon=":material/join_inner:", url_path="affinity"),
     st.Page(VIEWS / "6_learn.py", title="Learn: task interference", icon=":material/school:", url_path="learn"),
 ])
 nav.run()

@@ -1,8 +1,7 @@
 """TAG and gradient-cosine groupings as grouping methods (``stg group RUN --method tag|cs``).
 
-They read the affinities a data-map run recorded (``stg datamap ... --affinity tag,cs``):
-RUN/affinity/{tag,cs}/epoch_NNN.npz, key ``affinity``, (T, T) float32 source x target, the mean of
-that epoch's probes. The matrix a grouping uses is the mean over the chosen epochs (all of them by
+They read the affinities a data-map run recorded (``stg datamap ... --affinity tag,cs``; files in
+``stg.affinity.files``). The matrix a grouping uses is the mean over the chosen epochs (all of them by
 default: TAG averages its lookahead affinities over the whole training run), and
 ``stg.affinity.selection.select_groups`` picks at most k groups that maximise TAG's objective. The
 groups may overlap: the membership matrix has a 1 for every group a task belongs to (several 1s in
@@ -12,49 +11,17 @@ a row), and ``labels`` is the group that serves each task (where it scores best)
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stg.affinity.selection import membership, select_groups
+from stg.affinity.files import AFFINITY_METHODS, affinity_epochs, load_affinity_epoch
 from stg.errors import StgError
 from stg.grouping.features import resolve_epochs
 from stg.grouping.make import GroupingMethod, register_method
 from stg.runs.rundir import RunDir
-
-AFFINITY_METHODS = ("tag", "cs")
-_EPOCH_FILE = re.compile(r"^epoch_(\d{3,})\.npz$")
-
-
-def affinity_dir(run_path: str | Path, method: str) -> Path:
-    return Path(run_path) / "affinity" / method
-
-
-def affinity_epochs(run_path: str | Path, method: str) -> list[int]:
-    """1-based epochs with a recorded ``method`` affinity, ascending."""
-    folder = affinity_dir(run_path, method)
-    if not folder.is_dir():
-        return []
-    found = (_EPOCH_FILE.match(p.name) for p in folder.iterdir())
-    return sorted(int(m.group(1)) for m in found if m)
-
-
-def load_affinity_epoch(run_path: str | Path, method: str, epoch: int) -> np.ndarray:
-    """One epoch's (T, T) float64 affinity, source x target; StgError when missing or corrupt."""
-    path = affinity_dir(run_path, method) / f"epoch_{epoch:03d}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            a = np.asarray(z["affinity"], dtype=np.float64)
-    except FileNotFoundError:
-        raise StgError(f"run {run_path} has no {method} affinity for epoch {epoch}") from None
-    except (OSError, ValueError, KeyError) as e:
-        raise StgError(f"affinity file {path} is corrupt: {e}") from None
-    if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise StgError(f"affinity file {path} is corrupt: expected a square matrix, got {a.shape}")
-    return a
-
 
 def mean_affinity(run_path: str | Path, method: str, epochs: str = "all") -> tuple[np.ndarray, list[int]]:
     """The mean (T, T) affinity over ``epochs`` ("all", "last" or "2,5"), and the epochs used."""

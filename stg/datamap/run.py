@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from stg import __version__
+from stg.affinity.files import AffinityConfig
 from stg.data.spec import DataSpec
 from stg.data.taskset import TaskSet
 from stg.datamap.recorder import DataMapRecorder
@@ -93,12 +94,12 @@ def _check_writable(path: Path) -> None:
         raise StgError(f"cannot write to {path}: {e.strerror or e}") from None
 
 
-def _identity(config: TrainConfig, data_spec: dict[str, Any]) -> dict[str, Any]:
+def _identity(config: TrainConfig, data_spec: dict[str, Any], affinity: AffinityConfig) -> dict[str, Any]:
     """What must match for a run directory to be resumed (epochs may grow, device may change)."""
     cfg = config.to_meta()
     cfg.pop("epochs")
     cfg.pop("device")
-    return {"train": cfg, "data": data_spec}
+    return {"train": cfg, "data": data_spec} | ({"affinity": affinity.to_meta()} if affinity.methods else {})
 
 
 def check_out(out: Path) -> None:
@@ -111,11 +112,12 @@ def check_out(out: Path) -> None:
 
 
 def open_run(
-    out: Path, taskset: TaskSet, config: TrainConfig, data_spec: dict[str, Any]
+    out: Path, taskset: TaskSet, config: TrainConfig, data_spec: dict[str, Any],
+    affinity: AffinityConfig = AffinityConfig(),
 ) -> tuple[RunDir, dict[str, Any], bool]:
     """Create ``out`` as a new run, or check it holds the same run to resume. Returns (run, meta, resumed)."""
     run = RunDir(out)
-    identity = _identity(config, data_spec)
+    identity = _identity(config, data_spec, affinity)
     if run.exists():
         meta = run.read()
         if meta.get("kind") != "datamap":
@@ -133,6 +135,7 @@ def open_run(
         "config": config.to_meta(),
         "identity": identity,
         "data": data_spec,
+        "affinity": affinity.to_meta(),
         "dataset": taskset.dataset,
         "tasks_spec": taskset.tasks_spec,
         "task_names": list(taskset.task_names),
@@ -177,10 +180,13 @@ def train_datamap(
     data_spec: DataSpec | None = None,
     monitor: Monitor | None = None,
     hooks: Sequence[Hook] = (),
+    affinity: AffinityConfig = AffinityConfig(),
 ) -> dict[str, Any]:
     """Train one multi-task model on all tasks of ``taskset`` and record its data maps in ``out``.
 
-    ``hooks`` run in the training loop after the data-map recorder (``stg.train.hooks``).
+    ``affinity``: also record TAG's lookahead affinity and/or the gradient cosine every F steps
+    into RUN/affinity/ (``stg.affinity.probe``), in the same training run. ``hooks`` run in the
+    training loop after the data-map recorder and the affinity probes (``stg.train.hooks``).
     Re-running on the same ``out`` resumes from the last finished epoch (same results as an
     uninterrupted run). ``monitor`` gets progress events; its cancel stops within one step: the
     run is marked cancelled and keeps its last finished epoch. Returns the final run.json contents.
@@ -194,7 +200,7 @@ def train_datamap(
     spec = data_spec if data_spec is not None else DataSpec(taskset.dataset, tasks=taskset.tasks_spec)
     check_out(out)
     with exclusive(out, "data-map run"):
-        return _train_datamap_locked(taskset, config, out, spec, device, monitor or Monitor(), hooks)
+        return _train_datamap_locked(taskset, config, out, spec, device, monitor or Monitor(), hooks, affinity)
 
 
 def _train_datamap_locked(
@@ -205,11 +211,16 @@ def _train_datamap_locked(
     device: torch.device,
     monitor: Monitor,
     hooks: Sequence[Hook],
+    affinity: AffinityConfig,
 ) -> dict[str, Any]:
     """train_datamap's body, run while holding the run directory's lock: a failure is recorded in
     run.json (status failed or cancelled, and the error), and running out of memory becomes a
     one-line StgError."""
-    run, meta, resumed = open_run(out, taskset, config, spec.to_meta())
+    run, meta, resumed = open_run(out, taskset, config, spec.to_meta(), affinity)
+    if affinity.methods:
+        from stg.affinity.probe import probes  # lazy: torch.func machinery
+
+        hooks = [*probes(run.path, affinity), *hooks]
     try:
         return _train_run(run, meta, resumed, taskset, config, device, monitor, hooks)
     except BaseException as e:

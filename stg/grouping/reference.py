@@ -84,6 +84,17 @@ def compare(
     }
 
 
+def compare_groupings(a: Sequence[int], b: Sequence[int]) -> dict[str, float]:
+    """Agreement of two groupings' labels (T,) of the same tasks: {"ari", "nmi"} (1 = the same
+    partition up to renaming; ARI about 0 for unrelated ones)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise StgError(f"the two groupings label different task sets ({a.shape} and {b.shape})")
+    return {"ari": float(adjusted_rand_score(a, b)), "nmi": float(normalized_mutual_info_score(a, b))}
+
+
 def contingency(
     labels: Sequence[int], reference: Reference, task_names: Sequence[str], *, k: int | None = None
 ):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from stg.affinity.files import AffinityConfig
 from stg.data.spec import DataSpec
 from stg.train.config import TrainConfig
 from stg.train.loop import Monitor, Progress
@@ -153,8 +154,10 @@ class JobManager:
         *,
         loader: Callable[..., Any] | None = None,
         download: bool = False,
+        affinity: AffinityConfig = AffinityConfig(),
     ) -> JobSnapshot:
-        """Load the task set now (bad input raises StgError here), then train in the background.
+        """Load the task set now (bad input raises StgError here), then train in the background
+        (``affinity``: also record TAG / gradient-cosine affinities, see ``stg.affinity.probe``).
 
         data_spec: what to load (``stg.data.spec.DataSpec``).
         ``download`` fetches a missing dataset first (needs internet). ``out`` that already holds
@@ -171,7 +174,8 @@ class JobManager:
         config.validate(len(taskset.train))
 
         def fn(on_event, cancel):
-            return train_datamap(taskset, config, key, data_spec=spec, monitor=Monitor(on_event, cancel))
+            return train_datamap(taskset, config, key, data_spec=spec, monitor=Monitor(on_event, cancel),
+                                 affinity=affinity)
 
         detail = {"dataset": spec.dataset, "tasks": len(taskset.task_names), "epochs": config.epochs}
         snap = self.start(key, "datamap", fn, detail=detail)
@@ -195,7 +199,7 @@ class JobManager:
         if device is not None:
             cfg["device"] = device
         return self.start_datamap(run_path, DataSpec.from_meta(meta.get("data")), TrainConfig.from_meta(cfg),
-                                  loader=loader)
+                                  loader=loader, affinity=AffinityConfig.from_meta(meta.get("affinity")))
 
     def start_groups(self, run_path: str | Path, grouping: str, **options: Any) -> JobSnapshot:
         """Train the specialists of ``grouping`` (and baselines) in the background: stg.specialists.grouped.train_groups."""

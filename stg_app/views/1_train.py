@@ -10,6 +10,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
+from stg.affinity.files import AffinityConfig  # noqa: E402
 from stg.data.spec import DataSpec  # noqa: E402
 from stg.train.config import TrainConfig  # noqa: E402
 from stg.train.device import device_choices  # noqa: E402
@@ -47,7 +48,8 @@ def start_run() -> None:
         if common.RunDir(out).exists():
             raise StgError(f"run {name!r} already exists: choose another name (or pick it and press Resume)")
         with st.spinner("loading the data"):
-            common.manager().start_datamap(out, spec, config, download=bool(s.get("f_download")))
+            affinity = AffinityConfig.parse(["tag", "cs"] if s.get("f_affinity") else [], int(s["f_every"]))
+            common.manager().start_datamap(out, spec, config, download=bool(s.get("f_download")), affinity=affinity)
     except StgError as e:
         s["train_error"] = str(e)
         return
@@ -74,6 +76,10 @@ def new_run_form(*, expanded: bool) -> None:
         c3.number_input("Limit (training images, 0 = all)", min_value=0, value=1000, step=500, key="f_limit")
         c3.number_input("Learning rate", min_value=1e-6, max_value=1.0, value=1e-3, format="%g", key="f_lr")
         c3.number_input("Seed", min_value=0, value=0, key="f_seed")
+        c1.checkbox("Record TAG affinity and gradient cosine (for the Affinity page)", key="f_affinity",
+                    help="TAG's lookahead: one extra backward and forward per task at each probe step, so it "
+                         "costs about T/F extra steps' worth of time; on a CPU use a large F")
+        c1.number_input("…every F steps", min_value=1, value=10, key="f_every")
         st.form_submit_button("Start run", type="primary", on_click=start_run)
     if "train_error" in st.session_state:
         st.error(st.session_state["train_error"])
