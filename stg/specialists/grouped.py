@@ -20,6 +20,15 @@ equal to an uninterrupted one. Test-split logits of every family give RUN/groups
 
 ``grouped`` combines the specialists' logits with A = W (membership-weighted), ``grouped_argmax``
 with A = one_hot(argmax W) (each task served by its highest-membership specialist).
+
+MT2ST schedule (``schedule=``, ``stg.mt2st.schedules``): specialist c's primary tasks are the tasks
+whose highest membership is c, the other tasks are its auxiliaries, and an auxiliary task's
+membership weight is multiplied by the schedule's factor a(t) (exactly 0 below eps, so zero
+gradient; the fused ensemble still computes every head: every task is some specialist's primary
+task). Only the ``grouped`` family takes the schedule; its checkpoint is ``grouped-<slug>.pt`` and
+the schedule is part of its identity and of metrics.json's ``config.schedule``. Once a schedule
+has zeroed the auxiliaries, a specialist's auxiliary heads stop learning, so ``grouped``
+(membership-weighted, which reads them) mixes in stale heads: read ``grouped_argmax`` then.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import torch
 from stg.data.taskset import TaskSet
 from stg.datamap.run import training_stopped, versions
 from stg.errors import StgError
+from stg.mt2st.schedules import AuxSchedule, aux_weights, primary_of_membership
 from stg.runs.rundir import RunDir, atomic_write_json, exclusive
 from stg.specialists.ensembles import build_ensemble, predict_ensemble, to_device, train_ensemble
 from stg.specialists.evaluate import METRICS, ensemble_logits, ensemble_weights, evaluate_logits
@@ -78,24 +88,36 @@ def one_hot(labels: np.ndarray, k: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: k models, (T, k) task weights, init seeds."""
+    """One model family: k models, (T, k) task weights, init seeds; with an MT2ST ``schedule``,
+    the auxiliary tasks' weights (not argmax of their row) are scaled by the schedule's factor."""
 
     name: str
     weights: np.ndarray  # (T, k) float64
     seeds: tuple[int, ...]
+    schedule: AuxSchedule | None = None
 
     @property
     def k(self) -> int:
         return int(self.weights.shape[1])
 
     def checkpoint(self, out: Path) -> Path:
-        return out / f"{self.name}.pt"
+        return out / (f"{self.name}-{self.schedule.slug()}.pt" if self.schedule else f"{self.name}.pt")
 
     def identity(self, config: TrainConfig, task_names: Sequence[str]) -> dict[str, Any]:
-        return {"family": self.name, "model": config.model, "batch_size": config.batch_size, "lr": config.lr,
-                "seed": config.seed, "augment": config.augment, "precision": config.precision,
-                "seeds": list(self.seeds),
-                "weights": self.weights.tolist(), "task_names": list(task_names)}
+        ident = {"family": self.name, "model": config.model, "batch_size": config.batch_size, "lr": config.lr,
+                 "seed": config.seed, "augment": config.augment, "precision": config.precision,
+                 "seeds": list(self.seeds),
+                 "weights": self.weights.tolist(), "task_names": list(task_names)}
+        if self.schedule is not None:
+            ident["schedule"] = self.schedule.to_meta()
+        return ident
+
+    def task_weights(self, epochs: int, steps_per_epoch: int) -> torch.Tensor | Any:
+        """What the training loop takes: the (T, k) weights, or a schedule of (k, T) weights."""
+        if self.schedule is None:
+            return torch.as_tensor(self.weights, dtype=torch.float32)
+        return aux_weights(self.weights.T, primary_of_membership(self.weights), self.schedule, epochs=epochs,
+                           steps_per_epoch=steps_per_epoch)
 
 
 @dataclass(frozen=True)
@@ -116,6 +138,7 @@ class GroupsPlan:
     device: str
     baselines: list[str]
     done_before: dict[str, int]  # epochs already in each family's checkpoint
+    schedule: AuxSchedule | None = None  # MT2ST schedule of the specialists' auxiliary tasks
 
     @property
     def out(self) -> Path:
@@ -151,6 +174,7 @@ def plan_groups(
     executor: str = "local",
     device: str = "auto",
     taskset: TaskSet | None = None,
+    schedule: AuxSchedule | None = None,
 ) -> GroupsPlan:
     """Validate a grouped training of ``run``'s grouping ``grouping`` and decide its families.
     Everything is checked here, before anything is written (StgError with a one-line reason)."""
@@ -186,12 +210,17 @@ def plan_groups(
     if list(taskset.task_names) != task_names or len(taskset.train) != meta.get("n_train", len(taskset.train)):
         raise StgError(f"the task set does not match run {run.path} (tasks or training split differ)")
     config.validate(len(taskset.train))
+    if schedule is not None:
+        if hard:
+            raise StgError("--schedule needs soft memberships: with --hard a specialist has no auxiliary tasks")
+        schedule.check(epochs, -(-len(taskset.train) // config.batch_size))
 
     k = membership.shape[1]
     labels = membership.argmax(1)
     grouped_w = one_hot(labels, k) if hard else membership
     rand_labels = random_hard_grouping(labels, seed=config.seed + int(spec.get("seed", 0)))
-    families = [Family("grouped_hard" if hard else "grouped", grouped_w, tuple(config.seed + c for c in range(k)))]
+    families = [Family("grouped_hard" if hard else "grouped", grouped_w, tuple(config.seed + c for c in range(k)),
+                       schedule)]
     for b in baselines:
         if b == "mtl":
             families.append(Family("mtl", np.ones((n_tasks, 1)), (config.seed,)))
@@ -212,7 +241,7 @@ def plan_groups(
                 raise StgError(f"{path} is already trained for {e} epochs, more than the {epochs} asked for")
             done_before[fam.name] = e
     return GroupsPlan(run, grouping, task_names, taskset, config, families, grouped_w, rand_labels, hard,
-                      executor, device, baselines, done_before)
+                      executor, device, baselines, done_before, schedule)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,7 +271,7 @@ def train_family(
                               device=dev)
     ensemble = to_device(ensemble, dev)
     result = train_ensemble(
-        ensemble, torch.as_tensor(family.weights, dtype=torch.float32), train, pos_weight, config,
+        ensemble, family.task_weights(config.epochs, -(-len(train) // config.batch_size)), train, pos_weight, config,
         checkpoint=family.checkpoint(out), identity=family.identity(config, taskset.task_names),
         label=family.name, monitor=monitor, after_epoch=after_epoch, step_offset=step_offset,
         total_steps=total_steps,
@@ -317,7 +346,8 @@ def evaluate_plan(plan: GroupsPlan, results: dict[str, dict[str, Any]], wall_sec
         "membership": plan.grouped_weights.tolist(),
         "random_labels": [int(v) for v in plan.random_labels] if "random" in models else None,
         "config": {**plan.config.to_meta(), "device": plan.device, "executor": plan.executor,
-                   "baselines": plan.baselines},
+                   "baselines": plan.baselines,
+                   "schedule": None if plan.schedule is None else plan.schedule.to_meta()},
         "timings": {name: r["seconds"] for name, r in results.items()} | {"wall_seconds": round(wall_seconds, 3)},
         "history": {name: r["history"] for name, r in results.items()},
         "versions": versions(),
@@ -340,6 +370,7 @@ def train_groups(
     device: str = "auto",
     monitor: Monitor | None = None,
     taskset: TaskSet | None = None,
+    schedule: AuxSchedule | None = None,
 ) -> dict[str, Any]:
     """Train grouping ``grouping``'s specialists and the ``baselines`` on ``run``'s data; write
     RUN/groups/<grouping>/metrics.json (see the module docstring) and return it.
@@ -348,14 +379,16 @@ def train_groups(
     defaults to the datamap run's. Re-running resumes every family from its last finished epoch.
     The monitor's cancel stops within one step; the return value is then {"status": "cancelled",
     ...} and no metrics.json is written. ``taskset``: the run's task set (rebuilt from run.json
-    when None). Plan (validate), execute (train), evaluate (test metrics).
+    when None). ``schedule``: an MT2ST schedule of the specialists' auxiliary tasks (module
+    docstring). Plan (validate), execute (train), evaluate (test metrics).
     """
     plan = plan_groups(run, grouping, epochs=epochs, baselines=baselines, hard=hard, executor=executor,
-                       device=device, taskset=taskset)
+                       device=device, taskset=taskset, schedule=schedule)
     monitor = monitor or Monitor()
     out, epochs = plan.out, plan.config.epochs
     with exclusive(out, "grouped training of this grouping"):
         status = {"status": "running", "grouping": grouping, "hard": hard, "executor": executor, "epochs": epochs,
+                  "schedule": None if schedule is None else schedule.to_meta(),
                   "families": {f.name: {"k": f.k, "epochs_done": plan.done_before.get(f.name, 0), "epochs": epochs}
                                for f in plan.families},
                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}

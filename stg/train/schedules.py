@@ -13,7 +13,7 @@ the same weights as an uninterrupted one; state it keeps goes through ``state_di
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -48,3 +48,22 @@ class Constant(Schedule):
 def membership_schedule(membership: torch.Tensor) -> Constant:
     """The specialists' weights from a (T, k) membership matrix: (k, T), row c = column c."""
     return Constant(torch.as_tensor(membership).t().contiguous())
+
+
+class ScaledSchedule(Schedule):
+    """``base`` with the entries where ``scaled`` is true multiplied by ``factor(epoch, step)``
+    (a float): e.g. MT2ST's auxiliary tasks, whose weight decays while the primary tasks keep theirs
+    (``stg.mt2st.schedules``). base, scaled: (T,) or (k, T). ``factor`` must be a function of
+    (epoch, step) alone (no state), so a resumed run gets the same weights."""
+
+    def __init__(self, base: torch.Tensor, scaled: torch.Tensor, factor: Callable[[int, int], float], *,
+                 per_step: bool = False):
+        self.base = torch.as_tensor(base).detach().clone()
+        self.scaled = torch.as_tensor(scaled, dtype=torch.bool)
+        if self.scaled.shape != self.base.shape:
+            raise ValueError(f"base {tuple(self.base.shape)} and scaled {tuple(self.scaled.shape)} differ in shape")
+        self.factor = factor
+        self.per_step = per_step
+
+    def weights(self, epoch: int, step: int) -> torch.Tensor:
+        return torch.where(self.scaled, self.base * float(self.factor(epoch, step)), self.base)
