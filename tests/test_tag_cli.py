@@ -40,6 +40,14 @@ def test_datamap_records_affinities_and_tag_groups_them(tmp_path: Path) -> None:
     assert [sorted(grp) for grp in g["groups"]] == [sorted(np.array(g["task_names"])[w[:, c] > 0]) for c in
                                                     range(w.shape[1])]
 
+    # grouped training trains each selected group on all its members and serves each task from its group
+    stg("train-groups", str(out), "--grouping", "tag-k3", "--epochs", "1", "--baselines", "mtl", "--device", "cpu")
+    metrics = json.loads((out / "groups" / "tag-k3" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"grouped", "mtl"} and metrics["serving"] == g["serving"]
+    assert metrics["membership"] == g["membership"]
+    assert_one_line_error(stg("train-groups", str(out), "--grouping", "tag-k3", "--schedule", "switch",
+                              check=False), "selection")
+
     # resuming by --out alone keeps recording the same affinities
     stg("datamap", "--out", str(out), "--epochs", "3")
     assert affinity_epochs(out, "tag") == [1, 2, 3] and affinity_epochs(out, "cs") == [1, 2, 3]

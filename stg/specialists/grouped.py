@@ -139,6 +139,17 @@ class GroupsPlan:
     baselines: list[str]
     done_before: dict[str, int]  # epochs already in each family's checkpoint
     schedule: AuxSchedule | None = None  # MT2ST schedule of the specialists' auxiliary tasks
+    serving: np.ndarray | None = None  # (T,) for a TAG-style selection: the group that serves each task
+
+    def combinations(self) -> dict[str, np.ndarray]:
+        """How the specialists' logits make each task's prediction: {model name: A (T, k)}.
+        A clustering gives ``grouped`` (A = membership) and ``grouped_argmax`` (each task from its
+        highest-membership specialist); a selection of overlapping groups gives ``grouped``, each
+        task from the group that serves it (TAG's rule)."""
+        if self.serving is not None:
+            return {"grouped": one_hot(self.serving, self.grouped_weights.shape[1])}
+        return {"grouped": ensemble_weights(self.grouped_weights, "membership"),
+                "grouped_argmax": ensemble_weights(self.grouped_weights, "argmax")}
 
     @property
     def out(self) -> Path:
@@ -188,7 +199,10 @@ def plan_groups(
     if list(spec.get("task_names", [])) != task_names:
         raise StgError(f"grouping {grouping!r} was made for other tasks than run {run.path} "
                        f"({len(spec.get('task_names', []))} tasks vs {n_tasks}): group this run again")
-    membership = _membership(spec, grouping, n_tasks)
+    record = run.grouping(grouping)
+    serving = np.asarray(record.raw["serving"], dtype=np.int64) if "serving" in record.raw else None
+    # a selection's rows hold a 1 for every group a task trains in; a clustering's rows sum to 1
+    membership = record.membership if serving is not None else _membership(spec, grouping, n_tasks)
     config = TrainConfig.from_meta(meta.get("config"))
     epochs = config.epochs if epochs is None else int(epochs)
     if epochs < 1:
@@ -211,12 +225,15 @@ def plan_groups(
         raise StgError(f"the task set does not match run {run.path} (tasks or training split differ)")
     config.validate(len(taskset.train))
     if schedule is not None:
+        if serving is not None:
+            raise StgError(f"--schedule needs a clustering's memberships; grouping {grouping!r} is a "
+                           f"{record.method} selection, whose groups already say which tasks help which")
         if hard:
             raise StgError("--schedule needs soft memberships: with --hard a specialist has no auxiliary tasks")
         schedule.check(epochs, -(-len(taskset.train) // config.batch_size))
 
     k = membership.shape[1]
-    labels = membership.argmax(1)
+    labels = serving if serving is not None else membership.argmax(1)
     grouped_w = one_hot(labels, k) if hard else membership
     rand_labels = random_hard_grouping(labels, seed=config.seed + int(spec.get("seed", 0)))
     families = [Family("grouped_hard" if hard else "grouped", grouped_w, tuple(config.seed + c for c in range(k)),
@@ -241,7 +258,7 @@ def plan_groups(
                 raise StgError(f"{path} is already trained for {e} epochs, more than the {epochs} asked for")
             done_before[fam.name] = e
     return GroupsPlan(run, grouping, task_names, taskset, config, families, grouped_w, rand_labels, hard,
-                      executor, device, baselines, done_before, schedule)
+                      executor, device, baselines, done_before, schedule, serving)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,9 +341,8 @@ def evaluate_plan(plan: GroupsPlan, results: dict[str, dict[str, Any]], wall_sec
     y_test = taskset.test.labels.numpy()
     models: dict[str, Any] = {}
     z = results[plan.families[0].name]["test_logits"]
-    for name, how in (("grouped", "membership"), ("grouped_argmax", "argmax")):
-        models[name] = evaluate_logits(ensemble_logits(z, ensemble_weights(plan.grouped_weights, how)), y_test,
-                                       task_names)
+    for name, combine in plan.combinations().items():
+        models[name] = evaluate_logits(ensemble_logits(z, combine), y_test, task_names)
     for fam in plan.families[1:]:
         z = results[fam.name]["test_logits"]
         models[fam.name] = evaluate_logits(ensemble_logits(z, fam.weights), y_test, task_names)
@@ -344,6 +360,7 @@ def evaluate_plan(plan: GroupsPlan, results: dict[str, dict[str, Any]], wall_sec
         "n_test": len(taskset.test),
         "task_names": task_names,
         "membership": plan.grouped_weights.tolist(),
+        "serving": None if plan.serving is None else [int(v) for v in plan.serving],
         "random_labels": [int(v) for v in plan.random_labels] if "random" in models else None,
         "config": {**plan.config.to_meta(), "device": plan.device, "executor": plan.executor,
                    "baselines": plan.baselines,
