@@ -10,12 +10,12 @@ from stg.train.hostmem import retain_freed_memory
 # Page faults per steady-state CPU training step of the paper CNN, in a fresh process.
 STEP_FAULTS = """
 import resource, sys, torch
-import stg.datamap.run as engine
+import stg.train.device as device
 from stg.train.loss import weighted_bce
 from stg.train.models import build_model
 if sys.argv[1] == "default":
-    engine.retain_freed_memory = lambda: False
-model = engine.prepare_model(build_model("cnn", in_channels=3, size=32, n_tasks=10), torch.device("cpu"))
+    device.retain_freed_memory = lambda: False
+model = device.prepare_model(build_model("cnn", in_channels=3, size=32, n_tasks=10), torch.device("cpu"))
 opt = torch.optim.Adam(model.parameters())
 x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
 y = torch.zeros(128, 10)
