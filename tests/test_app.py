@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from stg.affinity.files import AffinityConfig  # noqa: E402
 from stg.data.spec import DataSpec  # noqa: E402
 from stg.datamap.run import train_datamap  # noqa: E402
 from stg.train.config import TrainConfig  # noqa: E402
@@ -26,18 +27,21 @@ PAGES = {
     "4_grouped_training.py": "Grouped training",
     "5_export.py": "Export",
     "6_learn.py": "Learn",
+    "7_affinity.py": "Affinity",
 }
 SPEC = DataSpec("fashion-sample", tasks="composite", limit=400)
 
 
 @pytest.fixture(scope="module")
 def prepared_run(tmp_path_factory) -> Path:
-    """A finished 2-epoch run on 400 embedded Fashion-MNIST images with the composite task spec."""
+    """A finished 2-epoch run on 400 embedded Fashion-MNIST images with the composite task spec,
+    recording TAG and gradient-cosine affinities every 3 steps."""
     from stg.data.datasets import load_taskset
 
     root = tmp_path_factory.mktemp("runs")
     taskset = load_taskset("fashion-sample", tasks="composite", limit=400)
-    train_datamap(taskset, TrainConfig(epochs=2, batch_size=64, device="cpu"), root / "demo", data_spec=SPEC)
+    train_datamap(taskset, TrainConfig(epochs=2, batch_size=64, device="cpu"), root / "demo", data_spec=SPEC,
+                  affinity=AffinityConfig.parse("tag,cs", 3))
     return root
 
 
@@ -217,3 +221,25 @@ def test_grouped_training_runs_in_background_and_shows_results(runs: Path) -> No
     assert not at.exception, at.exception
     assert (runs / "demo" / "groups" / "g3" / "metrics.json").is_file()
     assert any("gain" in c.proto.spec for c in charts(at))
+
+
+def test_affinity_page_shows_the_heatmap_selects_groups_and_compares(runs: Path) -> None:
+    from stg.grouping.make import make_grouping
+    from stg.runs.rundir import RunDir
+
+    at = page("7_affinity.py").run()
+    assert not at.exception, at.exception
+    heatmap = charts(at)[0]
+    assert "affinity" in str(heatmap.proto.spec)
+    assert "Make one grouping of each kind" in texts(at)
+    at.button(key="af_go").click().run()  # TAG's selection at the default k = 3
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    run = RunDir(runs / "demo")
+    assert "tag-k3" in run.grouping_names() and run.read_grouping("tag-k3")["method"] == "tag"
+    assert any("objective" in c.value for c in at.code)
+    make_grouping(run, k=3)  # an STG-MTL grouping to compare with
+    at = page("7_affinity.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.metric[0].label.startswith("Agreement of the two groupings")
+    rows = at.dataframe[0].value
+    assert list(rows["method"]) == ["tag", "fuzzy-kmeans"] and "ARI vs garment-type" in rows.columns

@@ -112,6 +112,7 @@ def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
             page.get_by_label("Run name (optional)", exact=True).fill("browser-demo")
             page.get_by_label("Epochs", exact=True).fill("2")
             page.get_by_label("Limit (training images, 0 = all)", exact=True).fill("600")
+            page.get_by_text("Record TAG affinity and gradient cosine", exact=False).first.click()
             page.get_by_role("button", name="Start run").click()
 
             # 2. the data-map grid appears and the run finishes (the fragment polls the job)
@@ -157,7 +158,16 @@ def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
             assert doc["grouping"]["k"] == 3
             assert len(doc["tasks"]) == 13 and {"task", "cluster"} <= set(doc["tasks"][0])
             page.screenshot(path=str(SHOTS / "export.png"), full_page=True)
+
+            # 6. affinity: the run recorded TAG's affinity; the heatmap shows and TAG selects groups
+            page.goto(app_url + "/affinity?run=browser-demo")
+            settle(page)
+            page.get_by_text("TAG lookahead affinity, source (row) onto target (column)", exact=False).first.wait_for()
+            page.get_by_role("button", name="Select groups by tag").click()
+            page.get_by_text("objective", exact=False).first.wait_for()
+            settle(page)
+            page.screenshot(path=str(SHOTS / "affinity.png"), full_page=True)
         finally:
             browser.close()
-    for name in ("dashboard", "train", "grouping", "task_map", "export"):
+    for name in ("dashboard", "train", "grouping", "task_map", "export", "affinity"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
