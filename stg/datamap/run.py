@@ -29,7 +29,7 @@ from stg.runs.rundir import LOCK_NAME, RunDir, atomic_save, exclusive
 from stg.train.config import TrainConfig
 from stg.train.device import DeviceData, channel_stats, predict_logits, prepare_model, resolve_device
 from stg.train.hooks import Hook, StepContext
-from stg.train.loop import Monitor, Progress, checkpoint_epoch, train_loop
+from stg.train.loop import Monitor, Progress, checkpoint_epoch, replace_epochs, train_loop
 from stg.train.loss import weighted_bce
 from stg.train.models import build_model
 from stg.train.rng import seeded
@@ -281,6 +281,27 @@ def _train_run(
     run.write(meta)
     monitor.emit(Progress("done", config.epochs, config.epochs, total_steps, total_steps, message=f"done: {run.path}"))
     return meta
+
+
+def retrain_inputs(run: RunDir, meta: dict[str, Any], *, epochs: int | None,
+                   taskset: TaskSet | None) -> tuple[TrainConfig, TaskSet]:
+    """What a later training on a data-map run's data uses (grouped training, ``stg mt2st``): the
+    run's TrainConfig with ``epochs`` (default: the run's), and its task set (rebuilt from run.json
+    when None), checked to be the run's. StgError with a one-line reason; writes nothing."""
+    config = TrainConfig.from_meta(meta.get("config"))
+    epochs = config.epochs if epochs is None else int(epochs)
+    if epochs < 1:
+        raise StgError(f"--epochs must be at least 1, got {epochs}")
+    config = replace_epochs(config, epochs)
+    if taskset is None:
+        from stg.data.datasets import load_taskset_from_spec  # lazy: loaders are heavy
+
+        taskset = load_taskset_from_spec(meta.get("data"))
+    if list(taskset.task_names) != list(meta["task_names"]) or \
+            len(taskset.train) != meta.get("n_train", len(taskset.train)):
+        raise StgError(f"the task set does not match run {run.path} (tasks or training split differ)")
+    config.validate(len(taskset.train))
+    return config, taskset
 
 
 def training_stopped(

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from stg.data.taskset import TaskSet
+from stg.datamap.run import retrain_inputs
 from stg.errors import StgError
 from stg.mt2st.schedules import AuxSchedule, make_schedule
 from stg.mt2st.train import PhasedResult, train_scheduled
@@ -44,7 +45,7 @@ from stg.specialists.evaluate import METRICS, binary_metrics, evaluate_logits
 from stg.train.config import TrainConfig
 from stg.train.device import DeviceData, channel_stats, predict_logits, prepare_model, resolve_device
 from stg.train.hooks import Hook
-from stg.train.loop import Monitor, Progress, replace_epochs
+from stg.train.loop import Monitor, Progress
 from stg.train.models import build_model
 from stg.train.rng import seeded
 
@@ -224,19 +225,9 @@ def plan_target(
     if isinstance(schedule, str):
         schedule = make_schedule(schedule)
     helper_names = resolve_helpers(run, task_names, target, helpers)
-    config = TrainConfig.from_meta(meta.get("config"))
-    epochs = config.epochs if epochs is None else int(epochs)
-    if epochs < 1:
-        raise StgError(f"--epochs must be at least 1, got {epochs}")
-    config = replace_epochs(config, epochs)
     resolve_device(device)
-    if taskset is None:
-        from stg.data.datasets import load_taskset_from_spec  # lazy: loaders are heavy
-
-        taskset = load_taskset_from_spec(meta.get("data"))
-    if list(taskset.task_names) != task_names or len(taskset.train) != meta.get("n_train", len(taskset.train)):
-        raise StgError(f"the task set does not match run {run.path} (tasks or training split differ)")
-    config.validate(len(taskset.train))
+    config, taskset = retrain_inputs(run, meta, epochs=epochs, taskset=taskset)
+    epochs = config.epochs
     if len(taskset.val) == 0:
         raise StgError(f"run {run.path} has no validation split: epochs to the stl model's quality need one")
     schedule.check(epochs, -(-len(taskset.train) // config.batch_size))

@@ -33,7 +33,6 @@ has zeroed the auxiliaries, a specialist's auxiliary heads stop learning, so ``g
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 
 from stg.data.taskset import TaskSet
-from stg.datamap.run import training_stopped, versions
+from stg.datamap.run import retrain_inputs, training_stopped, versions
 from stg.errors import StgError
 from stg.mt2st.schedules import AuxSchedule, aux_weights, primary_of_membership
 from stg.runs.rundir import RunDir, atomic_write_json, exclusive
@@ -53,7 +52,7 @@ from stg.specialists.ensembles import build_ensemble, predict_ensemble, to_devic
 from stg.specialists.evaluate import METRICS, ensemble_logits, ensemble_weights, evaluate_logits
 from stg.train.config import TrainConfig
 from stg.train.device import DeviceData, channel_stats, resolve_device
-from stg.train.loop import Monitor, Progress, checkpoint_epoch, replace_epochs
+from stg.train.loop import Monitor, Progress, checkpoint_epoch
 
 BASELINES = ("mtl", "random", "stl")
 EXECUTORS = ("local", "ray")
@@ -195,19 +194,14 @@ def plan_groups(
     if executor not in EXECUTORS:
         raise StgError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     baselines = parse_baselines(baselines)
-    spec = run.read_grouping(grouping)
+    record = run.grouping(grouping)
+    spec = record.raw
     if list(spec.get("task_names", [])) != task_names:
         raise StgError(f"grouping {grouping!r} was made for other tasks than run {run.path} "
                        f"({len(spec.get('task_names', []))} tasks vs {n_tasks}): group this run again")
-    record = run.grouping(grouping)
     serving = np.asarray(record.raw["serving"], dtype=np.int64) if "serving" in record.raw else None
     # a selection's rows hold a 1 for every group a task trains in; a clustering's rows sum to 1
     membership = record.membership if serving is not None else _membership(spec, grouping, n_tasks)
-    config = TrainConfig.from_meta(meta.get("config"))
-    epochs = config.epochs if epochs is None else int(epochs)
-    if epochs < 1:
-        raise StgError(f"--epochs must be at least 1, got {epochs}")
-    config = replace_epochs(config, epochs)
     if executor == "ray":
         if device not in ("auto", "cpu", "cuda"):
             raise StgError(f"--executor ray takes --device auto, cpu or cuda, not {device!r}: Ray gives each "
@@ -217,13 +211,8 @@ def plan_groups(
         import_ray()
     else:
         resolve_device(device)
-    if taskset is None:
-        from stg.data.datasets import load_taskset_from_spec  # lazy: loaders are heavy
-
-        taskset = load_taskset_from_spec(meta.get("data"))
-    if list(taskset.task_names) != task_names or len(taskset.train) != meta.get("n_train", len(taskset.train)):
-        raise StgError(f"the task set does not match run {run.path} (tasks or training split differ)")
-    config.validate(len(taskset.train))
+    config, taskset = retrain_inputs(run, meta, epochs=epochs, taskset=taskset)
+    epochs = config.epochs
     if schedule is not None:
         if serving is not None:
             raise StgError(f"--schedule needs a clustering's memberships; grouping {grouping!r} is a "
