@@ -10,7 +10,6 @@ usage: python slow_loop_run.py OUT SLEEP_SECONDS
 """
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from stg.datamap.run import train_datamap
 from stg.runs.rundir import atomic_save
 from stg.train.config import TrainConfig
+from slow_run import Sleep
 from stg.train.hooks import Hook
 from tiny import tiny_taskset
 
@@ -72,14 +72,6 @@ class GradNorm(Hook):
     def load_state_dict(self, state: dict) -> None:
         self.total = state["total"].clone()
         self.calls = int(state["calls"])
-
-
-class Sleep(Hook):
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def after_update(self, ctx) -> None:
-        time.sleep(self.seconds)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ from stg.affinity.probe import GradientCosine, TagAffinity, affinity_epochs, loa
 from stg.datamap.run import train_datamap
 from stg.errors import StgError
 from stg.train.config import TrainConfig
-from stg.train.hooks import Hook, StepContext
+from stg.train.hooks import StepContext
 from stg.train.loop import Monitor
 from stg.train.models import build_model, shared_parameters
 from tiny import tiny_taskset
+from test_engine import CancelAfter
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -240,18 +241,6 @@ def test_readers_fail_with_one_line(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # In the data-map run: resume is exact, the probe does not change the training
 # ------------------------------------------------------------------------------------------------
-class _CancelAfter(Hook):
-    """Sets ``event`` after ``steps`` training steps."""
-
-    def __init__(self, steps: int, event: threading.Event):
-        self.steps, self.event, self.seen = steps, event, 0
-
-    def after_update(self, ctx: StepContext) -> None:
-        self.seen += 1
-        if self.seen == self.steps:
-            self.event.set()
-
-
 def _files(run, method="tag"):
     out = {}
     for e in affinity_epochs(run, method):
@@ -270,7 +259,7 @@ def test_resumed_run_writes_the_same_affinities(tmp_path):
     cut = tmp_path / "cut"
     cancel = threading.Event()
     meta = train_datamap(taskset, config, cut, monitor=Monitor(cancel=cancel),
-                         hooks=[_CancelAfter(6, cancel), TagAffinity(cut, every=2)])
+                         hooks=[CancelAfter(6, cancel), TagAffinity(cut, every=2)])
     assert meta["status"] == "cancelled" and meta["epochs_done"] == 1
     assert affinity_epochs(cut, "tag") == [1]
     meta = train_datamap(taskset, config, cut, hooks=[TagAffinity(cut, every=2)])

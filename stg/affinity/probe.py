@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from stg.affinity.cosine import gradient_cosine
-from stg.affinity.files import AFFINITY_METHODS, AffinityConfig, affinity_epochs, affinity_path
+from stg.affinity.files import (AFFINITY_METHODS, AffinityConfig, affinity_epochs, affinity_path,
+                               load_affinity_epoch)
 from stg.affinity.lookahead import lookahead_affinity
-from stg.affinity.files import AffinityConfig
 from stg.errors import StgError
 from stg.runs.rundir import atomic_save
 from stg.train.hooks import Hook, StepContext
@@ -173,12 +173,4 @@ def load_affinity(run_path: str | Path, method: str, epoch: int | None = None) -
     if epoch not in epochs:
         raise StgError(f"run {run_path} has no {name} affinity for epoch {epoch} (has epochs "
                        f"{', '.join(map(str, epochs))})")
-    path = affinity_path(run_path, method, epoch)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            value = np.asarray(z["affinity"], dtype=np.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise StgError(f"affinity file {path} is corrupt: {e}") from None
-    if value.ndim != 2 or value.shape[0] != value.shape[1]:
-        raise StgError(f"affinity file {path} is corrupt: expected a (T, T) matrix, got {value.shape}")
-    return value
+    return load_affinity_epoch(run_path, method, epoch).astype(np.float32)
