@@ -372,8 +372,8 @@ def test_user_image_folder(tmp_path: Path) -> None:
     assert ts.image_shape == (1, 12, 10) and ts.task_names == ("circle", "square")
     assert len(ts.train) == 10 and len(ts.test) == 4
     Image.fromarray(np.zeros((7, 7, 3), np.uint8)).save(tmp_path / "imgs" / "train" / "circle" / "odd.png")
-    with raises("all images must share one size"):
-        load_classdata(f"folder:{tmp_path / 'imgs'}")
+    mixed = load_classdata(f"folder:{tmp_path / 'imgs'}")  # several sizes: resized (tests/test_images.py)
+    assert mixed.train_images.shape[1:] == (3, 7, 7) and "by centre crop" in mixed.source
 
 
 # ----------------------------------------------------------------------------------- errors

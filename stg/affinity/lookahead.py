@@ -12,6 +12,10 @@ task heads, on one batch (x, y):
 task whose loss is measured. (``stg.affinity.selection`` wants recipient-major A[t, u], i.e. Z.T.)
 Z > 0: task i's step lowers task j's loss.
 
+Missing labels (NaN targets, multi-label data): each L_j is the mean over the batch's samples
+labelled for j (``stg.train.loss.per_task_bce``). A source with no labelled sample in the batch has
+a zero gradient, so its row is 0; a target with none has L_j = 0 and its column is set to 0.
+
 How the losses are evaluated (the "probe mode", the same for L(theta), the gradients and
 L(theta_i'), here and in ``naive_lookahead_affinity`` / ``stg.affinity.cosine``):
 
@@ -149,6 +153,7 @@ class ProbeForward:
         self.device = self.shared[names[0]].device
         self.x = x.detach().to(self.dtype)
         self.y = y.detach().to(self.dtype)
+        self.masked = bool(torch.isnan(self.y).any())  # missing labels (stg.train.loss), decided once
         self.pos_weight = pos_weight.detach().to(self.dtype)
         self.precision = precision
         self.skeleton = probe_skeleton(model)
@@ -167,7 +172,7 @@ class ProbeForward:
         if logits.dim() != 2:
             raise StgError(f"the affinity probes need a multi-task model with (B, T) logits, got shape "
                            f"{tuple(logits.shape)}")
-        return per_task_bce(logits, self.y, pos_weight=self.pos_weight).to(self.dtype)
+        return per_task_bce(logits, self.y, pos_weight=self.pos_weight, masked=self.masked).to(self.dtype)
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
@@ -297,7 +302,9 @@ def lookahead_affinity(
                 after = probe.losses({n: t[0] for n, t in moved.items()}).unsqueeze(0)
             else:
                 after = vmap(probe.losses)(moved)  # (c, T)
-            out[rows] = 1.0 - after / base
+            # a target with no labelled sample in the batch (missing labels) has base loss 0: no
+            # evidence, affinity 0 (elsewhere this is exactly 1 - after / base)
+            out[rows] = torch.where(base > 0, 1.0 - after / base, torch.zeros_like(after))
     assert out is not None
     return out / lr if normalize_by_lr else out
 
@@ -356,5 +363,6 @@ def naive_lookahead_affinity(
                 for name, p in clone.named_parameters():
                     if name in shared and p.grad is not None:
                         p -= lr * p.grad
-                out[i] = 1.0 - naive_losses(clone, x, y, pos_weight, precision) / base
+                after = naive_losses(clone, x, y, pos_weight, precision)
+                out[i] = torch.where(base > 0, 1.0 - after / base, torch.zeros_like(after))
     return out / lr if normalize_by_lr else out

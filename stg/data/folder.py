@@ -1,8 +1,10 @@
 """The user's own labelled images: an image folder or an ``.npz`` file.
 
 Folder layout: ``DIR/train/<class>/*.png|jpg|jpeg`` and ``DIR/test/<class>/...`` (test classes
-must be train classes). All images must share one size; grayscale images give 1 channel, colour
-ones 3 (if any image is colour, all are read as RGB).
+must be train classes). Images of any sizes: several sizes (or ``image_size``) are resized by centre
+crop or padding (``stg.data.imagecache``, which also caches the decoded array in
+``DIR/.stg-cache``); grayscale images give 1 channel, colour ones 3 (if any image is colour, all
+are read as RGB).
 
 ``.npz`` layout (loaded with ``allow_pickle=False``): ``train_images`` (N, H, W), (N, H, W, C) or
 (N, C, H, W) uint8 with C in {1, 3}; ``train_labels`` (N,) ints; ``test_images``,
@@ -15,12 +17,14 @@ Optional reference groupings: ``references.json`` in DIR (or next to the .npz, o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stg.errors import StgError
+from stg.data.imagecache import DEFAULT_RESIZE, load_image_files
 from stg.data.taskset import ClassData, Reference
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -39,42 +43,9 @@ def _list_classes(split_dir: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _read_images(files: list[Path], rgb: bool) -> np.ndarray:
-    """(N, C, H, W) uint8; StgError naming the first unreadable or differently sized file."""
-    from PIL import Image
-
-    arrays: list[np.ndarray] = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                a = np.asarray(im.convert("RGB" if rgb else "L"))
-        except Exception as e:
-            raise StgError(f"cannot read image {f}: {_one_line(e)}") from None
-        if arrays and a.shape != arrays[0].shape:
-            raise StgError(
-                f"image {f} is {a.shape[1]}x{a.shape[0]} but {files[0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}: "
-                "all images must share one size"
-            )
-        arrays.append(a)
-    stacked = np.stack(arrays)
-    return stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-
-
-def _is_colour(files: list[Path]) -> bool:
-    from PIL import Image
-
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                if im.mode not in ("1", "L", "LA", "I", "I;16", "F"):
-                    return True
-        except Exception as e:
-            raise StgError(f"cannot read image {f}: {_one_line(e)}") from None
-    return False
-
-
-def load_image_folder(root: Path) -> ClassData:
-    """ClassData from ``root/train/<class>/*`` and ``root/test/<class>/*`` image files."""
+def load_image_folder(root: Path, *, image_size: int | None = None, resize: str = DEFAULT_RESIZE) -> ClassData:
+    """ClassData from ``root/train/<class>/*`` and ``root/test/<class>/*`` image files, decoded once
+    into one (N, C, H, W) uint8 array and cached in ``root/.stg-cache`` (``stg.data.imagecache``)."""
     train_dir, test_dir = root / "train", root / "test"
     if not train_dir.is_dir() or not test_dir.is_dir():
         raise StgError(f"{root} is not an image folder: expected {root}/train/<class>/*.png and {root}/test/<class>/*.png")
@@ -89,8 +60,7 @@ def load_image_folder(root: Path) -> ClassData:
     train_files = [(f, index[c]) for c in class_names for f in train[c]]
     test_files = [(f, index[c]) for c, files in test.items() if c in index for f in files]
     all_files = [f for f, _ in train_files + test_files]
-    rgb = _is_colour(all_files)
-    images = _read_images(all_files, rgb)
+    images, note = load_image_files(all_files, root, image_size=image_size, resize=resize)
     labels = torch.tensor([c for _, c in train_files + test_files], dtype=torch.int64)
     n = len(train_files)
     return ClassData(
@@ -102,7 +72,7 @@ def load_image_folder(root: Path) -> ClassData:
         test_classes=labels[n:],
         class_references=load_references(root / "references.json", class_names),
         default_tasks="ovr:all",
-        source=f"image folder {root}",
+        source=f"image folder {root}" + (f"; {note}" if note else ""),
     )
 
 
@@ -119,16 +89,65 @@ def _nchw(images: np.ndarray, key: str, path: Path) -> np.ndarray:
     raise StgError(f"{path}: {key} must be (N,H,W), (N,H,W,C) or (N,C,H,W) with C 1 or 3, found shape {images.shape}")
 
 
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{array name: (shape, dtype)} of an .npz, read from each member's .npy header only (nothing
+    sized by the file is allocated). StgError for a file that is not an .npz of .npy arrays."""
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                out[info.filename[: -len(".npy")]] = (tuple(int(d) for d in shape), np.dtype(dtype))
+    except zipfile.BadZipFile:
+        raise StgError(f"{path} is not an npz file (an .npz is a zip archive of .npy arrays)") from None
+    except Exception as e:
+        raise StgError(f"cannot read {path} as .npz: {_one_line(e)}") from None
+    return out
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (a large number where it cannot be told)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 50
+
+
 def load_npz(path: Path) -> ClassData:
-    """ClassData from an ``.npz`` with train_images, train_labels, test_images, test_labels[, class_names]."""
+    """ClassData from an ``.npz`` with train_images, train_labels, test_images, test_labels[, class_names].
+
+    Every size the file declares is checked before anything sized by it is allocated: the arrays'
+    headers (shapes, dtypes, total bytes against this machine's memory: a compressed member can
+    declare far more than the file holds), and the labels against the number of images and class
+    names (one label of 10**9 must not make a billion class names)."""
+    headers = _npz_headers(path)
+    missing = [k for k in ("train_images", "train_labels", "test_images", "test_labels") if k not in headers]
+    if missing:
+        raise StgError(f"{path} lacks {', '.join(missing)} (has: {', '.join(sorted(headers)) or 'no arrays'})")
+    for key, (shape, dtype) in headers.items():
+        if dtype.hasobject:
+            raise StgError(f"{path}: {key} holds Python objects (pickled arrays are not accepted)")
+    declared = sum(int(np.prod(shape, dtype=np.float64)) * dtype.itemsize for shape, dtype in headers.values())
+    if declared > _memory_bytes():
+        raise StgError(f"{path} declares {declared / 2**30:.1f} GiB of arrays, more than this machine's "
+                       f"{_memory_bytes() / 2**30:.1f} GiB of memory")
+    for s in ("train", "test"):
+        image_shape, lab = headers[f"{s}_images"][0], headers[f"{s}_labels"][0]
+        n_img = image_shape[0] if image_shape else 0
+        if len(lab) != 1 or lab[0] != n_img:
+            raise StgError(f"{path}: {s}_labels must be ({n_img},) integers, found shape {lab}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
         raise StgError(f"cannot read {path} as .npz (pickled arrays are not accepted): {_one_line(e)}") from None
-    missing = [k for k in ("train_images", "train_labels", "test_images", "test_labels") if k not in arrays]
-    if missing:
-        raise StgError(f"{path} lacks {', '.join(missing)} (has: {', '.join(sorted(arrays))})")
     images = {s: _nchw(arrays[f"{s}_images"], f"{s}_images", path) for s in ("train", "test")}
     if images["train"].shape[1:] != images["test"].shape[1:]:
         raise StgError(f"{path}: train images {images['train'].shape[1:]} and test images {images['test'].shape[1:]} differ in shape")
@@ -141,6 +160,12 @@ def load_npz(path: Path) -> ClassData:
             raise StgError(f"{path}: {s}_labels has negative labels")
         labels[s] = lab.astype(np.int64)
     n_classes = int(max((int(l.max()) + 1 for l in labels.values() if l.size), default=0))
+    n_names = len(arrays["class_names"]) if "class_names" in arrays and arrays["class_names"].ndim == 1 else 0
+    n_images = sum(len(l) for l in labels.values())
+    if n_classes > max(n_names, n_images):
+        raise StgError(f"{path}: a label is {n_classes - 1} but there are only {n_images} images"
+                       + (f" and {n_names} class names" if n_names else "")
+                       + ": labels must be class numbers 0..K-1")
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1 or names.dtype.kind not in "US":
@@ -198,11 +223,12 @@ def load_references(path: Path, class_names: tuple[str, ...]) -> dict[str, Refer
     return out
 
 
-def load_user_data(path: Path) -> ClassData:
-    """An ``.npz`` file or an image folder (see the module docstring)."""
+def load_user_data(path: Path, *, image_size: int | None = None, resize: str = DEFAULT_RESIZE) -> ClassData:
+    """An ``.npz`` file or an image folder (see the module docstring); ``image_size`` / ``resize``
+    apply to image folders here (an .npz's arrays are resized by the caller, ``stg.data.datasets``)."""
     path = Path(path).expanduser().resolve()
     if path.is_file() and path.suffix == ".npz":
         return load_npz(path)
     if path.is_dir():
-        return load_image_folder(path)
+        return load_image_folder(path, image_size=image_size, resize=resize)
     raise StgError(f"{path} is neither an .npz file nor a folder with train/ and test/ class folders")

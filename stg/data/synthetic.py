@@ -17,6 +17,11 @@ Superclasses are easy to tell apart; sibling classes are not trivially separable
 one-vs-rest tasks for siblings are uncertain on the same images and their data maps look alike:
 the planted reference ``planted`` (super_00: class_000..class_004, ...) is what task grouping
 should recover.
+
+Its size is a dataset option, so a run records it in its data spec and resume / grouping rebuild
+the same images: ``synthetic-hierarchy:classes=1000,super=100,train=12,test=3`` is 1,000 classes
+in 100 planted superclasses with 12 training and 3 test images per class (``parse_name``).
+Plain ``synthetic-hierarchy`` is the default: 100 classes in 20 superclasses, 120 / 30 per class.
 """
 
 from __future__ import annotations
@@ -71,6 +76,44 @@ def _jitter(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+NAME = "synthetic-hierarchy"
+# option key -> default (classes = n_super * n_per_super)
+_OPTIONS = {"classes": 100, "super": 20, "train": 120, "test": 30, "size": 32, "seed": 0}
+
+
+def parse_name(name: str) -> dict[str, int] | None:
+    """``synthetic-hierarchy[:key=value,...]`` -> make_synthetic_hierarchy's keyword arguments, or
+    None for another dataset name. Keys: classes (100), super (20; must divide classes), train
+    (120) and test (30) images per class, size (32), seed (0). StgError on an unknown key, a
+    non-integer value or classes not a multiple of super."""
+    if name != NAME and not name.startswith(NAME + ":"):
+        return None
+    opts = dict(_OPTIONS)
+    text = name[len(NAME) + 1:]
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if key not in opts or not eq:
+            raise StgError(f"invalid {NAME} option {part!r}: use key=value with keys {', '.join(_OPTIONS)} "
+                           f"(e.g. {NAME}:classes=1000,super=100)")
+        try:
+            opts[key] = int(value)
+        except ValueError:
+            raise StgError(f"invalid {NAME} option {part!r}: {key} must be an integer") from None
+    if opts["super"] < 1 or opts["classes"] < 1 or opts["classes"] % opts["super"]:
+        raise StgError(f"{NAME}: classes ({opts['classes']}) must be a positive multiple of super ({opts['super']})")
+    if not 8 <= opts["size"] <= 256 or opts["train"] < 1 or opts["test"] < 0:
+        raise StgError(f"{NAME}: size must be 8..256, train >= 1 and test >= 0 images per class")
+    # the generator holds float32 images: refuse what cannot fit any machine instead of swapping
+    gib = opts["classes"] * (opts["train"] + opts["test"]) * 3 * opts["size"] ** 2 * 4 / 2**30
+    if gib > 64:
+        raise StgError(f"{NAME}: {opts['classes']} classes x {opts['train'] + opts['test']} images of "
+                       f"{opts['size']}x{opts['size']} need {gib:.0f} GiB to generate: use fewer images per class")
+    return {"n_super": opts["super"], "n_per_super": opts["classes"] // opts["super"],
+            "train_per_class": opts["train"], "test_per_class": opts["test"], "size": opts["size"],
+            "seed": opts["seed"]}
+
+
 def make_synthetic_hierarchy(
     *,
     n_super: int = 20,
@@ -101,6 +144,8 @@ def make_synthetic_hierarchy(
     def sample(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         classes = torch.arange(n_classes).repeat_interleave(per_class)
         n = classes.shape[0]
+        if n == 0:  # no test images asked for (affine_grid refuses an empty batch)
+            return torch.zeros(0, 3, size, size, dtype=torch.uint8), classes
         x = _jitter(patterns[classes], gen)
         x.add_(_smooth_field(n, 4, size, gen).mul_(0.5))
         contrast = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=gen)
@@ -110,9 +155,10 @@ def make_synthetic_hierarchy(
 
     train_images, train_classes = sample(train_per_class)
     test_images, test_classes = sample(test_per_class)
-    class_names = tuple(f"class_{k:03d}" for k in range(n_classes))
+    class_names = tuple(f"class_{k:0{max(3, len(str(n_classes - 1)))}d}" for k in range(n_classes))
+    width = max(2, len(str(n_super - 1)))
     planted = {
-        f"super_{s:02d}": list(class_names[s * n_per_super: (s + 1) * n_per_super]) for s in range(n_super)
+        f"super_{s:0{width}d}": list(class_names[s * n_per_super: (s + 1) * n_per_super]) for s in range(n_super)
     }
     return ClassData(
         name="synthetic-hierarchy",

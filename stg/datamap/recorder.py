@@ -10,6 +10,13 @@ observations so far:
 - variability = standard deviation with ``ddof`` (0 = Cartography's ``np.std``, the default;
   1 = the official STG-MTL code; where e <= ddof it is written as 0, never NaN)
 - correctness = fraction of those observations with confidence > 0.5 (prediction right)
+
+Missing labels (NaN targets, multi-label data): a (sample, task) pair without a label is not
+recorded. Its confidence is NaN, which the Welford step carries through (its mean and M2 stay NaN;
+a pair's label is the same in every epoch, so no pair mixes NaN and numbers), and ``snapshot``
+writes NaN for all three statistics of that pair. With no missing label nothing changes (the
+confidence formula gives the same numbers bitwise). How task features treat the NaN entries:
+``stg.grouping.features`` (each is replaced by its task's mean over the recorded samples).
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ class DataMapRecorder:
 
     @staticmethod
     def confidence(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Probability of the true label: sigmoid(z) where y = 1, 1 - sigmoid(z) where y = 0. (B, T)."""
+        """Probability of the true label: sigmoid(z) where y = 1, 1 - sigmoid(z) where y = 0, NaN
+        where y is NaN (missing). (B, T)."""
         p = torch.sigmoid(logits.detach().float())
-        return torch.where(targets > 0.5, p, 1.0 - p)
+        return torch.where(targets > 0.5, p, torch.where(targets.isnan(), targets.float(), 1.0 - p))
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -53,14 +61,16 @@ class DataMapRecorder:
         self.correct[index] = self.correct[index] + (c > 0.5).float()
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """{confidence, variability, correctness}: float32 (T, N) numpy arrays."""
+        """{confidence, variability, correctness}: float32 (T, N) numpy arrays, NaN for the
+        (sample, task) pairs without a label."""
         n = self.count[:, None]
         var = torch.where(n > self.ddof, self.m2 / (n - self.ddof).clamp_min(1.0), torch.zeros_like(self.m2))
         safe_n = n.clamp_min(1.0)
+        missing = self.mean.isnan()  # only unlabelled pairs: a confidence is never NaN otherwise
         out = {
             "confidence": self.mean,
-            "variability": var.clamp_min(0.0).sqrt(),
-            "correctness": self.correct / safe_n,
+            "variability": var.clamp_min(0.0).sqrt().masked_fill(missing, float("nan")),
+            "correctness": (self.correct / safe_n).masked_fill(missing, float("nan")),
         }
         return {k: v.t().contiguous().cpu().numpy().astype(np.float32) for k, v in out.items()}
 

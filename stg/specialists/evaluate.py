@@ -5,6 +5,10 @@ over the classes present in the labels, as scikit-learn), F1 = 2TP / (2TP + FP +
 when that is 0/0 (no positive label and no positive prediction); tasks with no positive prediction
 are reported by name. AUROC: the rank-based Mann-Whitney formula on the logits (ties get average
 ranks), NaN when the split holds only one class of the task.
+
+Missing labels (NaN in ``labels``, multi-label data): every metric of task t is computed over the
+samples labelled for t only (accuracy = right / labelled, the confusion counts and the AUROC's
+ranks over those samples). With no NaN the numbers are the same as without this rule.
 """
 
 from __future__ import annotations
@@ -28,8 +32,17 @@ def _np(a: Any) -> np.ndarray:
 
 
 def auroc(scores: Any, labels: Any) -> np.ndarray:
-    """Per-column AUROC: scores (N, T), labels (N, T) in {0, 1} -> (T,) float64, NaN for one-class columns."""
-    s, y = _np(scores), _np(labels) > 0.5
+    """Per-column AUROC: scores (N, T), labels (N, T) in {0, 1} (NaN: missing, left out of that
+    column) -> (T,) float64, NaN for one-class columns."""
+    s, raw = _np(scores), _np(labels)
+    missing = np.isnan(raw)
+    if missing.any():  # each column over its labelled rows only
+        out = np.full(s.shape[1], np.nan)
+        for t in range(s.shape[1]):
+            keep = ~missing[:, t]
+            out[t] = auroc(s[keep, t : t + 1], raw[keep, t : t + 1])[0]
+        return out
+    y = raw > 0.5
     n = s.shape[0]
     ranks = rankdata(s, axis=0) if n else np.zeros_like(s)  # average ranks for ties
     n_pos = y.sum(0).astype(np.float64)
@@ -42,19 +55,22 @@ def auroc(scores: Any, labels: Any) -> np.ndarray:
 
 
 def binary_metrics(logits: Any, labels: Any, *, threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """logits (N, T), labels (N, T) in {0, 1} -> {metric: (T,) float64} for METRICS, plus
-    ``no_positive_prediction``: (T,) bool (F1 is 0 there by definition)."""
-    z, y = _np(logits), _np(labels) > 0.5
-    if z.shape != y.shape or z.ndim != 2:
-        raise ValueError(f"logits and labels must be the same (N, T) shape, got {z.shape} and {y.shape}")
+    """logits (N, T), labels (N, T) in {0, 1} or NaN (missing: that sample is left out of that task's
+    metrics) -> {metric: (T,) float64} for METRICS, plus ``no_positive_prediction``: (T,) bool
+    (F1 is 0 there by definition)."""
+    z, raw = _np(logits), _np(labels)
+    if z.shape != raw.shape or z.ndim != 2:
+        raise ValueError(f"logits and labels must be the same (N, T) shape, got {z.shape} and {raw.shape}")
+    labelled = ~np.isnan(raw)
+    y = raw > 0.5
     pred = expit(z) > threshold
-    tp = (pred & y).sum(0).astype(np.float64)
-    fp = (pred & ~y).sum(0).astype(np.float64)
-    fn = (~pred & y).sum(0).astype(np.float64)
-    tn = (~pred & ~y).sum(0).astype(np.float64)
-    n = z.shape[0]
+    tp = (pred & y & labelled).sum(0).astype(np.float64)
+    fp = (pred & ~y & labelled).sum(0).astype(np.float64)
+    fn = (~pred & y & labelled).sum(0).astype(np.float64)
+    tn = (~pred & ~y & labelled).sum(0).astype(np.float64)
+    n = labelled.sum(0).astype(np.float64)  # (T,): z.shape[0] for every task when nothing is missing
     with np.errstate(divide="ignore", invalid="ignore"):
-        accuracy = (tp + tn) / n if n else np.full(z.shape[1], np.nan)
+        accuracy = np.where(n > 0, (tp + tn) / np.where(n > 0, n, 1), np.nan)
         tpr = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
         tnr = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
         present = (~np.isnan(tpr)).astype(np.float64) + (~np.isnan(tnr))
@@ -65,7 +81,7 @@ def binary_metrics(logits: Any, labels: Any, *, threshold: float = 0.5) -> dict[
         "accuracy": accuracy,
         "balanced_accuracy": balanced,
         "f1": f1,
-        "auroc": auroc(z, y),
+        "auroc": auroc(z, np.where(labelled, y, np.nan)),
         "no_positive_prediction": (tp + fp) == 0,
     }
 
