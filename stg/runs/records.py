@@ -17,7 +17,7 @@ from stg.errors import StgError
 from stg.runs.rundir import STATUSES
 from stg.train.config import TrainConfig
 
-TASK_KINDS = ("ovr", "union", "not", "random", "flipped")
+TASK_KINDS = ("ovr", "attr", "union", "not", "random", "flipped")  # attr: one label column of multi-label data
 
 
 def _bad(path: Path | str, what: str) -> StgError:

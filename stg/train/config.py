@@ -9,13 +9,35 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from stg.errors import StgError
+from stg.runs.rundir import SNAPSHOT_DTYPES  # how RUN/datamap/epoch_NNN.npz may store its statistics
 PRECISIONS = ("auto", "bf16", "fp32")
 MODEL_NAMES = ("cnn", "resnet18", "resnet18-cifar")  # built by stg.train.models.build_model
+# How data maps are stored, not how the model trains: not part of what must match to resume a run.
+STORAGE_FIELDS = ("snapshot_dtype", "keep_epochs")
+
+
+def keep_every(keep_epochs: str) -> int:
+    """Which data-map snapshots a run keeps: "all" -> 1, "every:N" -> N (epochs N, 2N, ... and the
+    newest), "last" -> 0 (only the newest). StgError for anything else.
+
+    The statistics are cumulative, so the newest snapshot alone holds every epoch's observations
+    (mean, variability, correctness); older ones are only needed for per-epoch features
+    (``stg group --epochs all``) and replaying training in the dashboard."""
+    spec = str(keep_epochs).strip().lower()
+    if spec == "all":
+        return 1
+    if spec == "last":
+        return 0
+    head, _, n = spec.partition(":")
+    if head == "every" and n.strip().isdigit() and int(n) >= 1:
+        return int(n)
+    raise StgError(f"invalid --keep-epochs {keep_epochs!r}: use last, all or every:N (N >= 1)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. ``ddof`` applies to the data map's variability (see ``stg.datamap.recorder``)."""
+    """How to train. ``ddof`` applies to the data map's variability (see ``stg.datamap.recorder``);
+    ``snapshot_dtype`` and ``keep_epochs`` say how its snapshots are stored (``STORAGE_FIELDS``)."""
 
     model: str = "cnn"
     epochs: int = 5
@@ -26,6 +48,8 @@ class TrainConfig:
     augment: bool = True
     ddof: int = 0
     precision: str = "auto"
+    snapshot_dtype: str = "float32"
+    keep_epochs: str = "all"
 
     @classmethod
     def from_meta(cls, config: Mapping[str, Any] | None) -> "TrainConfig":
@@ -63,3 +87,6 @@ class TrainConfig:
             raise StgError(f"--ddof must be 0 or 1, got {self.ddof}")
         if self.precision not in PRECISIONS:
             raise StgError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.snapshot_dtype not in SNAPSHOT_DTYPES:
+            raise StgError(f"unknown --snapshot-dtype {self.snapshot_dtype!r}: choose one of {', '.join(SNAPSHOT_DTYPES)}")
+        keep_every(self.keep_epochs)

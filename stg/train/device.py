@@ -55,12 +55,15 @@ class DeviceData:
         self, index: torch.Tensor, *, augment: bool, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) rows -> normalised float images (B, C, H, W) in channels_last memory, labels (B, T)."""
-        x = self.images[index]  # (B, H, W, C) uint8
+        return self.prepare(self.images[index], augment=augment, generator=generator), self.labels[index]
+
+    def prepare(self, x: torch.Tensor, *, augment: bool, generator: torch.Generator | None) -> torch.Tensor:
+        """uint8 rows (B, H, W, C) -> normalised float images (B, C, H, W), cropped/flipped with ``augment``."""
         if augment:
             assert generator is not None
             x = crop_flip(x, pad=max(1, x.shape[2] // 8), generator=generator)
         x = torch.addcmul(self.shift, x.float(), self.scale)  # (B, H, W, C) float32
-        return x.permute(0, 3, 1, 2), self.labels[index]
+        return x.permute(0, 3, 1, 2)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

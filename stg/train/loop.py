@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,10 +36,14 @@ from stg.train.config import TrainConfig
 from stg.train.device import DeviceData, adam, autocast
 from stg.train.hooks import Hook, StepContext
 from stg.train.loss import per_task_bce
-from stg.train.models import set_dropout_generator, shared_parameters
+from stg.train.models import set_dropout_generator, set_dropout_rows, shared_parameters
 from stg.train.rng import RunGenerators
 from stg.train.schedules import Schedule
 from stg.train.stepgraph import StepGraph
+
+if TYPE_CHECKING:
+    from stg.runs.writer import EpochWriter
+    from stg.train.distributed import Distributed
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,10 @@ def train_loop(
     label: str = "",
     monitor: Monitor | None = None,
     after_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    writer: "EpochWriter | None" = None,
     step_offset: int = 0,
     total_steps: int | None = None,
+    dist: "Distributed | None" = None,
 ) -> LoopResult:
     """Train ``model`` (already on ``data.device``) for ``config.epochs`` epochs.
 
@@ -122,6 +128,10 @@ def train_loop(
     after every epoch and an existing checkpoint is resumed when its ``identity`` (a JSON string of
     what must match) is the same; StgError when it is another training's or has more epochs.
     ``step_offset`` / ``total_steps`` place this training's steps in a longer job's progress.
+    ``writer`` (``stg.runs.writer.EpochWriter``): write the checkpoint on its background thread;
+    the caller closes it.
+    ``dist`` (``stg.train.distributed``): this process is one of several ranks training together;
+    ``data`` is its ``ShardedData``; rank 0 writes the checkpoint (see that module's docstring).
     """
     device = data.device
     monitor = monitor or Monitor()
@@ -129,21 +139,24 @@ def train_loop(
     gens = RunGenerators(device)
     set_dropout_generator(model, gens.dropout)
     start_epoch, history = 0, []
-    if checkpoint is not None and checkpoint.is_file():
-        start_epoch, history = _load(checkpoint, identity, label, config.epochs, model, optimizer, hooks, schedule, device)
+    state = _read_checkpoint(checkpoint, device, dist)
+    if state is not None and checkpoint is not None:
+        start_epoch, history = _load(checkpoint, state, identity, label, config.epochs, model, optimizer, hooks,
+                                     schedule)
 
     weights = torch.as_tensor(schedule.weights(start_epoch + 1, 0)).to(device=device, dtype=pos_weight.dtype).clone()
     every_step = [h for h in hooks if h.every == 1]
     periodic = [h for h in hooks if h.every > 1]
     shared = shared_parameters(model) if hooks else []
     clock = {"epoch": 0, "step": 0}
+    masked = bool(torch.isnan(data.labels).any())  # missing labels: the masked loss (stg.train.loss), once here
 
     def step(index: torch.Tensor, extra: Sequence[Hook] = ()) -> torch.Tensor:
         """One step on the (B,) rows ``index``; returns the (detached) per-model loss: () or (k,)."""
         x, y = data.batch(index, augment=config.augment, generator=gens.data)
         with autocast(device, config.precision):
             logits = model(x)
-        losses = per_task_bce(logits, y, pos_weight=pos_weight)
+        losses = per_task_bce(logits, y, pos_weight=pos_weight, masked=masked)
         total = weighted_total(losses, weights)
         total.sum().backward()
         active = (*every_step, *extra)
@@ -159,8 +172,13 @@ def train_loop(
             h.after_update(ctx)
         return total.detach()
 
+    if dist is not None:
+        step = _distributed_step(dist, model, data, pos_weight, config, optimizer, gens, weights, every_step,
+                                 shared, clock)
     run_step = StepGraph(step, batch_size=config.batch_size, device=device, optimizer=optimizer,
                          generators=gens.all())
+    if dist is not None:
+        run_step.enabled = False  # DDP's gradient all-reduce is not captured: eager steps
     n = len(data)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = total_steps if total_steps is not None else steps_per_epoch * config.epochs
@@ -173,7 +191,7 @@ def train_loop(
         loss_sum = torch.zeros_like(weights[..., 0])
         t0 = last_event = time.monotonic()
         for i, index in enumerate(epoch_batches(n, config.batch_size, gens.data, device)):
-            if monitor.cancelled():
+            if dist.any(monitor.cancelled()) if dist is not None else monitor.cancelled():  # all ranks stop together
                 return LoopResult("cancelled", epoch - 1, history, seconds)
             global_step = step0 + i
             clock.update(epoch=epoch, step=global_step)
@@ -200,7 +218,7 @@ def train_loop(
                   "step": run_step.mode, **extras}
         history.append(record)
         if checkpoint is not None:
-            _save(checkpoint, epoch, identity, model, optimizer, hooks, schedule, history)
+            _save(checkpoint, epoch, identity, model, optimizer, hooks, schedule, history, writer, dist)
         if after_epoch is not None:
             after_epoch(epoch, record)
         losses = mean_loss if isinstance(mean_loss, list) else [mean_loss]
@@ -212,8 +230,58 @@ def train_loop(
     return LoopResult("done", config.epochs, history, seconds)
 
 
+def _distributed_step(dist: "Distributed", model: nn.Module, data: DeviceData, pos_weight: torch.Tensor,
+                      config: TrainConfig, optimizer: torch.optim.Optimizer, gens: RunGenerators,
+                      weights: torch.Tensor, every_step: Sequence[Hook], shared: list[tuple[str, nn.Parameter]],
+                      clock: dict[str, int]) -> Callable[..., torch.Tensor]:
+    """The step of one rank among several (``stg.train.distributed``): ``step(index)`` takes the
+    global batch's (B,) rows, as one process would, trains on this rank's contiguous slice
+    [lo, hi) of it with batch norm synchronised and DDP's gradient all-reduce, and returns the
+    global batch's loss. The slice's mean loss is scaled by W n_r / B (per task, n and B count
+    labelled rows), so that DDP's mean over the ranks of their gradients is the gradient of the
+    global batch mean; hooks see the global step
+    (the B rows, images and targets, the gathered (B, T) logits, the all-reduced per-task losses)."""
+    from stg.train.distributed import sync_batchnorm
+
+    net = dist.wrap(sync_batchnorm(model, data.device))
+
+    def step(index: torch.Tensor, extra: Sequence[Hook] = ()) -> torch.Tensor:
+        x, y = data.batch(index, augment=config.augment, generator=gens.data)  # the global batch
+        b = len(index)
+        lo, hi = dist.local_slice(b)
+        set_dropout_rows(model, (lo, hi, b))  # the global batch's masks, as one process draws them
+        with autocast(data.device, config.precision):
+            logits = net(x[lo:hi])
+        losses = per_task_bce(logits, y[lo:hi], pos_weight=pos_weight)
+        # task t's loss is a mean over the labelled rows (all rows but missing labels): over this
+        # slice's m_t here, over the batch's M_t in one process; W max(1, m_t) / max(1, M_t) turns
+        # DDP's mean over ranks into the latter (exactly 1 for equal slices with every label)
+        labelled = ~torch.isnan(y)
+        share = labelled[lo:hi].sum(0).clamp_min(1) * dist.world / labelled.sum(0).clamp_min(1)
+        weighted = losses * share.to(losses.dtype)
+        weighted_total(weighted, weights).sum().backward()
+        global_losses = dist.all_reduce_(weighted.detach().clone()) / dist.world  # (T,) or (k, T), as one process
+        active = (*every_step, *extra)
+        ctx = None
+        if active:
+            all_logits = dist.gather_slices(logits.detach().float(), b)
+            ctx = StepContext(model, index, x, y, all_logits, global_losses, weights, pos_weight, shared,
+                              float(optimizer.param_groups[0]["lr"]), config.precision, clock["epoch"], clock["step"])
+            for h in active:
+                h.before_update(ctx)
+        optimizer.step()
+        for h in active:
+            h.after_update(ctx)
+        return weighted_total(global_losses, weights)
+
+    return step
+
+
 def _save(path: Path, epoch: int, identity: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-          hooks: Sequence[Hook], schedule: Schedule, history: list[dict[str, Any]]) -> None:
+          hooks: Sequence[Hook], schedule: Schedule, history: list[dict[str, Any]],
+          writer: "EpochWriter | None" = None, dist: "Distributed | None" = None) -> None:
+    """The checkpoint of ``epoch``, atomically; with ``writer``, a CPU copy of the state is written
+    on the writer's thread after the epoch's other files (``stg.runs.writer``)."""
     state = {
         "epoch": epoch,
         "identity": identity,
@@ -223,7 +291,15 @@ def _save(path: Path, epoch: int, identity: str, model: nn.Module, optimizer: to
         "schedule": schedule.state_dict(),
         "history": json.dumps(history),
     }
-    atomic_save(path, lambda f: torch.save(state, f))
+    if dist is not None and not dist.is_writer:
+        return  # the state was gathered (hooks' state_dict) for rank 0, which writes it
+    if writer is None:
+        atomic_save(path, lambda f: torch.save(state, f))
+        return
+    from stg.runs.writer import cpu_copy
+
+    frozen = cpu_copy(state)  # the next epoch's steps change the live tensors
+    writer.submit(epoch, lambda: atomic_save(path, lambda f: torch.save(frozen, f)))
 
 
 CHECKPOINT_KEYS = ("epoch", "identity", "model", "optimizer", "hooks", "schedule", "history")
@@ -247,9 +323,18 @@ def checkpoint_epoch(path: Path) -> tuple[int, str]:
     return int(state["epoch"]), str(state["identity"])
 
 
-def _load(path: Path, identity: str, label: str, epochs: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-          hooks: Sequence[Hook], schedule: Schedule, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
-    state = load_checkpoint(path, device)
+def _read_checkpoint(path: Path | None, device: torch.device, dist: "Distributed | None") -> dict[str, Any] | None:
+    """The checkpoint's state, or None when there is none. On several ranks rank 0 reads it (on the
+    CPU) and broadcasts it: the run directory need only be on rank 0's disk."""
+    if path is None:
+        return None
+    if dist is None:
+        return load_checkpoint(path, device) if path.is_file() else None
+    return dist.on_writer(lambda: load_checkpoint(path) if path.is_file() else None)
+
+
+def _load(path: Path, state: dict[str, Any], identity: str, label: str, epochs: int, model: nn.Module,
+          optimizer: torch.optim.Optimizer, hooks: Sequence[Hook], schedule: Schedule) -> tuple[int, list[dict[str, Any]]]:
     if json.loads(state["identity"] or "null") != json.loads(identity or "null"):
         raise StgError(f"{path} holds another training ({label or 'run'}): move it away to restart")
     done = int(state["epoch"])

@@ -18,11 +18,19 @@ class Dropout(nn.Dropout):
     from torch's global generator."""
 
     generator: torch.Generator | None = None
+    # (lo, hi, B): x holds rows [lo, hi) of a B-row global batch (one rank of several,
+    # stg.train.distributed): the B rows' masks are drawn, as one process would, and [lo, hi) used
+    rows: tuple[int, int, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        keep = torch.rand(x.shape, device=x.device, generator=self.generator) >= self.p
+        if self.rows is not None:
+            lo, hi, b = self.rows
+            draw = torch.rand((b, *x.shape[1:]), device=x.device, generator=self.generator)[lo:hi]
+        else:
+            draw = torch.rand(x.shape, device=x.device, generator=self.generator)
+        keep = draw >= self.p
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))  # one multiply forward and backward
 
 
@@ -107,6 +115,14 @@ def set_dropout_generator(module: nn.Module, generator: torch.Generator | None) 
     for m in modules:
         if isinstance(m, Dropout):
             m.generator = generator
+
+
+def set_dropout_rows(module: nn.Module, rows: tuple[int, int, int] | None) -> None:
+    """Tell every ``Dropout`` of ``module`` which rows [lo, hi) of a B-row global batch it sees
+    (``rows`` = (lo, hi, B)), or None for a whole batch (see ``Dropout.rows``)."""
+    for m in module.modules():
+        if isinstance(m, Dropout):
+            m.rows = rows
 
 
 def head_names(model: nn.Module) -> tuple[str, ...]:
