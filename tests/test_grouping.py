@@ -405,3 +405,12 @@ def test_bad_cluster_and_export_input(planted):
     with pytest.raises(StgError, match="format"):
         export_grouping(g, {}, fmt="xml")
     assert snapshot(run.path) == before
+
+
+def test_default_n_init_keeps_the_work_of_300_restarts_at_100_tasks():
+    from stg.grouping.fuzzy import N_INIT, default_n_init
+
+    assert default_n_init(100, 20) == N_INIT  # where 300 restarts were measured to agree across seeds
+    assert default_n_init(13, 3) == N_INIT
+    assert default_n_init(200, 20) == N_INIT // 4  # work ~ T^2 k
+    assert default_n_init(1000, 100) == 10  # floor: the old default

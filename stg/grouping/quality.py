@@ -11,16 +11,22 @@ from collections.abc import Sequence
 import numpy as np
 
 from stg.errors import StgError
-from stg.grouping.fuzzy import ClusterResult, cluster_tasks, distances
+from stg.grouping.fuzzy import N_INIT, ClusterResult, cluster_tasks, distances
 
 
-def _hard_inertia(x: np.ndarray, labels: np.ndarray) -> float:
-    """Sum of squared distances of tasks to the mean of their hard cluster (k-means objective)."""
+def kmeans_cost(x: np.ndarray, labels: np.ndarray) -> float:
+    """The k-means objective of a hard partition: sum over tasks of the squared distance to the mean
+    of its cluster. x: (T, D) (or its isometric coordinates: same value), labels: (T,) ints."""
+    x = np.asarray(x, dtype=np.float64)
+    labels = np.asarray(labels)
     total = 0.0
     for c in np.unique(labels):
         pts = x[labels == c]
         total += float(np.square(pts - pts.mean(axis=0)).sum())
     return total
+
+
+_hard_inertia = kmeans_cost
 
 
 def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
@@ -61,7 +67,8 @@ def scan_k(
     seed: int = 0,
     n_init: int = 10,
 ) -> list[dict]:
-    """Cluster for every k in ``ks`` and score it. x: (T, D).
+    """Cluster for every k in ``ks`` and score it. x: (T, D). (10 restarts per k, not N_INIT: a scan
+    clusters up to 29 times, and it ranks k's rather than fixing the grouping.)
 
     Returns one dict per k (in the order given): k, silhouette (hard labels, Euclidean; NaN when
     undefined), partition_coefficient (mean sum w^2; 1 = crisp), xie_beni (lower is better),
@@ -105,7 +112,7 @@ def stability(
     m: float = 1.07,
     method: str = "fuzzy-kmeans",
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    n_init: int = 10,
+    n_init: int = N_INIT,
 ) -> dict:
     """How much the grouping depends on the seed. x: (T, D); S = len(seeds) >= 2.
 
