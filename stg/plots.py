@@ -320,3 +320,95 @@ def affinity_heatmap(affinity: np.ndarray, task_names: Sequence[str], *, labels:
     fig.update_xaxes(title="target", tickfont=dict(size=8 if small else 11))
     side = min(1400, max(360, 14 * len(names) + 140))
     return _layout(fig, height=side, title=title)
+
+
+# -- the data-map explorer (stg_app/views/9_explore.py) -------------------------------------------
+REGION_COLORS = {"easy": "#2ca02c", "ambiguous": "#1f77b4", "hard": "#d62728", "other": "#9a9a9a"}
+
+
+def explorer_scatter(
+    confidence: np.ndarray,
+    variability: np.ndarray,
+    correctness: np.ndarray,
+    codes: np.ndarray,
+    *,
+    rows: np.ndarray,
+    dataset_index: np.ndarray,
+    class_text: Sequence[str],
+    labels: np.ndarray,
+    thresholds: tuple[float, float, float] | None,
+    highlight: np.ndarray | None = None,
+    title: str | None = None,
+    webgl: bool = True,
+    height: int = 520,
+) -> go.Figure:
+    """One task's data map for the explorer: the samples ``rows`` (a subsample), one trace per
+    cartography region, the region boundaries drawn, and the samples of ``highlight`` (rows of a
+    selection carried over from another task) outlined in black.
+
+    confidence, variability, correctness, codes (from ``stg.datamap.regions.classify``), labels:
+    (N,) of one task; dataset_index: (N,); class_text: (N,) class name per sample. Each point's
+    customdata is [row, dataset index, label, correctness], so a Plotly selection event names the
+    samples (``stg.datamap.regions.selected_rows``). thresholds: (c_high, c_low, v) of this task.
+    """
+    from stg.datamap.regions import REGION_LABELS, REGIONS
+
+    conf, var, corr = (np.asarray(a, dtype=np.float32).ravel() for a in (confidence, variability, correctness))
+    lab = np.asarray(labels, dtype=np.float32).ravel()
+    rows = np.asarray(rows, dtype=np.int64)
+    trace = go.Scattergl if webgl else go.Scatter
+    fig = go.Figure()
+    hover = ("sample %{customdata[1]}: %{text}<br>label %{customdata[2]}, correctness %{customdata[3]:.2f}"
+             "<br>confidence %{y:.3f}, variability %{x:.3f}<extra>%{fullData.name}</extra>")
+
+    def points(sel: np.ndarray) -> dict[str, Any]:
+        custom = np.column_stack([sel, dataset_index[sel], lab[sel], corr[sel]]).astype(np.float64)
+        return dict(x=var[sel], y=conf[sel], customdata=custom, text=[class_text[i] for i in sel.tolist()])
+
+    for code, region in enumerate(REGIONS):
+        sel = rows[codes[rows] == code]
+        fig.add_trace(trace(mode="markers", name=f"{REGION_LABELS[region]} ({len(sel):,})",
+                            marker=dict(size=5, color=REGION_COLORS[region], opacity=0.65),
+                            hovertemplate=hover, **points(sel)))
+    if highlight is not None and len(highlight):
+        hl = np.asarray(highlight, dtype=np.int64)
+        hl = hl[np.isfinite(conf[hl]) & np.isfinite(var[hl])]
+        fig.add_trace(trace(mode="markers", name=f"carried selection ({len(hl):,})",
+                            marker=dict(size=9, color="rgba(0,0,0,0)", line=dict(width=1.5, color="black")),
+                            hovertemplate=hover, **points(hl)))
+    if thresholds is not None and all(np.isfinite(t) for t in thresholds):
+        c_high, c_low, v = (float(t) for t in thresholds)
+        line = dict(color="#444", width=1, dash="dash")
+        fig.add_shape(type="line", x0=v, x1=v, y0=0, y1=1, line=line)
+        fig.add_shape(type="line", x0=0, x1=v, y0=c_high, y1=c_high, line=line)
+        fig.add_shape(type="line", x0=0, x1=v, y0=c_low, y1=c_low, line=line)
+        for x, y, text in ((v / 2, min(1.0, c_high + 0.04), "easy-to-learn"),
+                           (v / 2, max(0.0, c_low - 0.04), "hard-to-learn"),
+                           (min(VARIABILITY_MAX, v + (VARIABILITY_MAX - v) / 2), 0.5, "ambiguous")):
+            fig.add_annotation(x=x, y=y, text=text, showarrow=False, font=dict(size=11, color="#333"),
+                               bgcolor="rgba(255,255,255,0.6)")
+    fig.update_xaxes(title="variability", range=[0, VARIABILITY_MAX])
+    fig.update_yaxes(title="confidence", range=[0, 1.0])
+    # no dragmode / clickmode here: Streamlit's selection sets them (a click selects a point while
+    # the drag mode is pan; the toolbar's lasso and box select many)
+    fig.update_layout(legend=dict(orientation="h", y=-0.18))
+    return _layout(fig, height=height, title=title)
+
+
+def curves_overlay(histories: Mapping[str, Sequence[Mapping[str, Any]]], *, title: str | None = None) -> go.Figure:
+    """Train loss and validation balanced accuracy per epoch of several runs, one colour per run.
+
+    histories: {run name: run.json history}."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "val balanced accuracy"))
+    for i, (name, history) in enumerate(histories.items()):
+        color = PALETTE[i % len(PALETTE)]
+        epochs = [int(h["epoch"]) for h in history]
+        losses = [h.get("loss") for h in history]
+        losses = [float(np.mean(v)) if isinstance(v, (list, tuple)) else v for v in losses]
+        fig.add_trace(go.Scatter(x=epochs, y=losses, mode="lines+markers", name=str(name), legendgroup=str(name),
+                                 line=dict(color=color)), row=1, col=1)
+        fig.add_trace(go.Scatter(x=epochs, y=[h.get("val_balanced_accuracy") for h in history],
+                                 mode="lines+markers", name=str(name), legendgroup=str(name), showlegend=False,
+                                 line=dict(color=color)), row=1, col=2)
+    fig.update_xaxes(title="epoch", dtick=1)
+    return _layout(fig, height=320, title=title)

@@ -6,7 +6,6 @@ Pages only arrange widgets and call library functions; anything numerical lives 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import time
@@ -43,13 +42,45 @@ def webgl() -> bool:
     return os.environ.get("STG_NO_WEBGL", "") in ("", "0")
 
 
+_MARKDOWN = re.compile(r"[\\`*_\[\]<>|~$:]|^[#+\-=]|(?<=^\d)[.)]|(?<=^\d\d)[.)]", re.MULTILINE)
+GUI_WORDS = (  # the CLI's words in library errors -> the dashboard's controls
+    ("pass --download or put", "tick \u201cDownload if missing\u201d or put"),
+    ("pass --download", "tick \u201cDownload if missing\u201d"),
+    ("--download", "\u201cDownload if missing\u201d"),
+    ("--epochs", "Epochs"), ("--batch-size", "Batch size"), ("--lr", "Learning rate"),
+    ("--data-root", "Data root"), ("--tasks", "Tasks spec"), ("--limit", "Limit"), ("--seed", "Seed"),
+)
+
+
+def plain(text: object) -> str:
+    """``text`` escaped so that Streamlit's Markdown shows it as written: every Markdown, HTML,
+    LaTeX and shortcode character gets a backslash (``train/<class>/*.png`` stays as it is)."""
+    return _MARKDOWN.sub(lambda m: "\\" + m.group(0), str(text)).replace("\n", "  \n")
+
+
+def gui_text(message: str) -> str:
+    """A library error in the dashboard's words: ``--download`` is the "Download if missing" box."""
+    for cli, gui in GUI_WORDS:
+        message = message.replace(cli, gui)
+    return message
+
+
+def show_error(message: object) -> None:
+    """One error box with ``message`` as plain text (never Markdown), in the dashboard's words."""
+    st.error(plain(gui_text(str(message))), icon=":material/error:")
+
+
 @contextlib.contextmanager
 def errors() -> Iterator[None]:
-    """Show an StgError as a one-line st.error instead of a traceback; the page goes on."""
+    """Show an error as one error box instead of a traceback; the page goes on. An StgError is
+    shown as it is; any other exception (a corrupt file a reader did not expect) as its type and
+    message. Streamlit's own rerun / stop signals are not exceptions and pass through."""
     try:
         yield
     except StgError as e:
-        st.error(str(e))
+        show_error(e)
+    except Exception as e:  # noqa: BLE001: a page must never show a traceback
+        show_error(f"{type(e).__name__}: {e}".strip())
 
 
 def new_run_name(prefix: str) -> str:
@@ -70,6 +101,56 @@ def select_run(name: str) -> None:
     st.query_params["run"] = name
 
 
+def url_state(key: str, default: Any, *, param: str | None = None, cast: Any = str,
+              options: list | None = None) -> None:
+    """Give the widget ``key`` its value from the URL query (``?param=``) the first time a session
+    renders it (a reload or a shared link), else ``default``; pass no value to the widget itself.
+    After the widget is drawn, ``remember`` writes its value back to the URL."""
+    param = param or key
+    if key in st.session_state and (options is None or st.session_state[key] in options):
+        return
+    value = default
+    raw = st.query_params.get(param)
+    if raw is not None:
+        try:
+            value = cast(raw)
+        except (TypeError, ValueError):
+            value = default
+    if options is not None and value not in options:
+        value = default
+    st.session_state[key] = value
+
+
+def remember(key: str, *, param: str | None = None) -> None:
+    """Write widget ``key``'s value to the URL query so that a reload keeps it."""
+    value = st.session_state.get(key)
+    text = None if value is None else str(value)
+    if text is not None and st.query_params.get(param or key) != text:
+        st.query_params[param or key] = text
+
+
+def follow_latest(key: str, options: list) -> None:
+    """A slider over growing ``options`` (epochs of a running training): it moves to the newest
+    option as options appear while the user leaves it on the newest one, and stays where the user
+    put it otherwise (or goes back to the newest when its value vanished)."""
+    newest, mark = options[-1], f"{key}__newest"
+    value = st.session_state.get(key)
+    if value not in options or value == st.session_state.get(mark):
+        st.session_state[key] = newest
+    st.session_state[mark] = newest
+
+
+def run_problem(name: str) -> str | None:
+    """Why run ``name`` cannot be shown (one line), or None when its run.json reads."""
+    try:
+        read_meta(str(runs_root() / name), mtime(RunDir(runs_root() / name).run_json))
+    except StgError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def sidebar() -> RunDir | None:
     """Run picker + running jobs, on every page. The choice lives in session state and in ?run=."""
     names = run_names()
@@ -79,24 +160,41 @@ def sidebar() -> RunDir | None:
     if st.session_state.get("run_picker") not in names:
         st.session_state["run_picker"] = current
     with st.sidebar:
-        st.caption(f"Runs folder: `{runs_root()}`")
+        st.caption("Runs folder")
+        st.text(str(runs_root()))
         if not names:
-            st.info("No runs yet: start one on **Train & data maps**.")
+            st.info("No runs yet: start one on **Overview** (one click) or **Train & data maps**.")
             st.session_state.pop("selected_run", None)
             return None
         mgr = manager()
         st.selectbox("Run", names, key="run_picker")
         chosen = st.session_state["run_picker"]
-        status = mgr.status(runs_root() / chosen)
-        st.caption(f"{STATUS_ICON.get(status, '')} {status}")
+        problem = run_problem(chosen)
+        status = "bad" if problem else mgr.status(runs_root() / chosen)
+        st.caption(f"{STATUS_ICON.get(status, ':material/error:')} {status}")
+        if problem:
+            show_error(problem)
         st.session_state["selected_run"] = chosen
         if st.query_params.get("run") != chosen:
             st.query_params["run"] = chosen
-        running = mgr.running()
-        if running:
-            st.caption("Running: " + ", ".join(f"{Path(j.run_path).name} ({j.kind}, {j.fraction:.0%})"
-                                               for j in running))
+        running_jobs(mgr)
     return RunDir(runs_root() / chosen)
+
+
+def running_jobs(mgr: JobManager) -> None:
+    """The sidebar's list of running jobs with their progress, refreshed while any job runs."""
+
+    @st.fragment(run_every=POLL if mgr.running() else None)
+    def panel() -> None:
+        running = mgr.running()
+        for j in running:
+            st.caption(f"Running: {plain(Path(j.run_path).name)} ({j.kind}, {j.fraction:.0%}, {j.label})")
+        if st.session_state.get("_jobs_seen") and not running:
+            st.session_state["_jobs_seen"] = False
+            st.rerun()  # the last job ended: redraw once without the timer
+        st.session_state["_jobs_seen"] = bool(running)
+
+    panel()
 
 
 def require_run(run: RunDir | None, *, datamap: bool = True) -> dict[str, Any] | None:
@@ -104,13 +202,13 @@ def require_run(run: RunDir | None, *, datamap: bool = True) -> dict[str, Any] |
     if run is None:
         st.info("Pick a run in the sidebar, or start one on **Train & data maps**.")
         return None
-    try:
-        meta = read_meta(str(run.path), mtime(run.run_json))
-    except StgError as e:
-        st.error(str(e))
+    problem = run_problem(run.path.name)
+    if problem:
+        show_error(problem)
         return None
+    meta = read_meta(str(run.path), mtime(run.run_json))
     if datamap and not run.datamap_epochs():
-        st.info(f"Run `{run.path.name}` has no data map yet (status: {manager().status(run.path)}). "
+        st.info(f"Run {plain(run.path.name)} has no data map yet (status: {manager().status(run.path)}). "
                 "Wait for its first epoch on **Train & data maps**.")
         return None
     return meta
@@ -171,25 +269,24 @@ def task_coords(run: RunDir, *, epochs: str = "last") -> np.ndarray:
     return _coords(str(run.path), mtime(run.datamap_path(last)), epochs)
 
 
-def datamap_csv(dm: dict[str, np.ndarray], task_names: list[str], tasks: list[str], index: np.ndarray) -> bytes:
-    """Long-format CSV of chosen tasks: task, sample, confidence, variability, correctness."""
-    buf = io.StringIO()
-    buf.write("task,sample,confidence,variability,correctness\n")
-    for t in tasks:
-        i = task_names.index(t)
-        block = np.column_stack([index, dm["confidence"][i], dm["variability"][i], dm["correctness"][i]])
-        lines = (f"{t},{int(r[0])},{r[1]:.6f},{r[2]:.6f},{r[3]:.6f}\n" for r in block)
-        buf.writelines(lines)
-    return buf.getvalue().encode()
+@st.cache_resource(max_entries=4, show_spinner="loading the run's training images")
+def _samples(path: str, mtime: float, images: bool):
+    from stg.datamap.thumbnails import load_run_samples
+
+    return load_run_samples(path, load_images=images)
+
+
+def run_samples(run: RunDir, *, images: bool = True):
+    """The run's samples (``stg.datamap.thumbnails.RunSamples``): dataset rows, classes, labels,
+    and the training images when the dataset loads here. Cached per run while samples.npz is unchanged."""
+    return _samples(str(run.path), mtime(run.path / "samples.npz"), images)
 
 
 def sample_index(run: RunDir) -> np.ndarray:
     """Original dataset row of each training sample of the run: (N,) int64."""
-    path = run.path / "samples.npz"
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return np.asarray(z["index"])
-    except (OSError, KeyError, ValueError):
+        return run_samples(run, images=False).dataset_index
+    except StgError:
         n = run.load_datamap().get("confidence").shape[1]
         return np.arange(n)
 

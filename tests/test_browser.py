@@ -8,6 +8,7 @@ the grouping page, downloads an export, and keeps its screenshots in test-artifa
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -96,6 +97,61 @@ def wait_heatmap_columns(page, *, has: int, lacks: int | None = None) -> list[in
     return page.evaluate(HEATMAP_COLUMNS)
 
 
+def explore_end_to_end(page, app_url: str, tmp_path: Path) -> None:
+    """Explore samples on the finished run: the hover label names the sample, a click shows its
+    thumbnail with index and class, a lasso selects a region whose indices download as CSV, and
+    the table counts every task's samples per region."""
+    import csv
+
+    page.goto(app_url + "/explore?run=browser-demo&task=footwear")
+    settle(page)
+    page.get_by_text("Samples per region").first.wait_for()
+    plot = page.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    point = plot.locator(".scatterlayer .trace .points path").first
+    point.wait_for()
+    settle(page)
+    page.wait_for_timeout(1500)  # the page's first reruns (URL query) redraw the chart: click after them
+    box = point.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    hover = page.locator(".hoverlayer .hovertext").first
+    hover.wait_for()
+    assert "sample" in hover.text_content()
+    page.mouse.click(x, y)
+    page.get_by_text(re.compile(r"Sample \d+: class \S+")).first.wait_for()  # "**Sample N**: class C"
+    page.locator("[data-testid='stImage'] img").first.wait_for()
+    settle(page)
+    page.screenshot(path=str(SHOTS / "explore_click.png"))
+
+    plot.hover()
+    plot.locator(".modebar-btn[data-title='Lasso Select']").first.click()
+    drag = plot.locator(".nsewdrag").first.bounding_box()
+    x0, y0, w, h = drag["x"], drag["y"], drag["width"], drag["height"]
+    lasso = [(0.02, 0.02), (0.6, 0.02), (0.6, 0.6), (0.02, 0.6), (0.02, 0.03)]  # the upper-left: easy to learn
+    page.mouse.move(x0 + w * lasso[0][0], y0 + h * lasso[0][1])
+    page.mouse.down()
+    for fx, fy in lasso[1:]:
+        page.mouse.move(x0 + w * fx, y0 + h * fy, steps=8)
+    page.mouse.up()
+    selected = page.get_by_text("samples selected", exact=False).first
+    selected.wait_for()
+    n = int(selected.text_content().split()[0].replace(",", ""))
+    assert n > 1
+    settle(page)
+    page.screenshot(path=str(SHOTS / "explore_selection.png"))
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Indices (CSV)").click()
+    target = tmp_path / "selection.csv"
+    info.value.save_as(target)
+    rows = list(csv.DictReader(target.open()))
+    assert len(rows) == n and all(r["dataset_index"].isdigit() for r in rows)
+
+    page.get_by_text("Samples per region").first.scroll_into_view_if_needed()
+    page.get_by_text("footwear at epoch 2: easy-to-learn", exact=False).first.wait_for()
+    page.screenshot(path=str(SHOTS / "explore_regions.png"), full_page=True)
+
+
 def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
@@ -111,18 +167,21 @@ def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
             page.get_by_label("Tasks spec (optional)", exact=True).fill("composite")
             page.get_by_label("Run name (optional)", exact=True).fill("browser-demo")
             page.get_by_label("Epochs", exact=True).fill("2")
-            page.get_by_label("Limit (training images, 0 = all)", exact=True).fill("600")
+            page.get_by_label("Limit (training images, 0 = all)", exact=True).fill("400")
             page.get_by_text("Record TAG affinity and gradient cosine", exact=False).first.click()
             page.get_by_role("button", name="Start run").click()
 
             # 2. the data-map grid appears and the run finishes (the fragment polls the job)
-            page.get_by_text("Data maps after epoch 2").first.wait_for(timeout=180_000)
+            page.get_by_text("Data maps after epoch 2").first.wait_for(timeout=540_000)  # a shared CPU can be slow
             page.get_by_text("browser-demo", exact=False).first.wait_for()
             page.get_by_text(" done, 2/2 epochs", exact=False).first.wait_for(timeout=60_000)
             settle(page)
             page.wait_for_timeout(800)
             page.screenshot(path=str(SHOTS / "dashboard.png"))
             page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
+
+            # 2b. the explorer: hover names the sample, a click shows its image, a lasso exports indices
+            explore_end_to_end(page, app_url, tmp_path)
 
             # 3. grouping: change k and see the membership heatmap change
             page.goto(app_url + "/grouping?run=browser-demo")
@@ -169,5 +228,6 @@ def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
             page.screenshot(path=str(SHOTS / "affinity.png"), full_page=True)
         finally:
             browser.close()
-    for name in ("dashboard", "train", "grouping", "task_map", "export", "affinity"):
+    for name in ("dashboard", "train", "explore_click", "explore_selection", "explore_regions", "grouping",
+                 "task_map", "export", "affinity"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000

@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from stg.errors import StgError
 
 FORMATS = ("json", "csv", "yaml")
@@ -56,7 +58,8 @@ def export_grouping(grouping: Mapping[str, Any], references: Mapping[str, Mappin
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: ("" if v is None else v) for key, v in row.items()})
+            writer.writerow({key: ("" if v is None else _safe_text(v) if isinstance(v, str) else v)
+                             for key, v in row.items()})
         return buf.getvalue()
     doc = {"grouping": {key: v for key, v in grouping.items() if key not in _META_SKIP}, "tasks": rows}
     if fmt == "json":
@@ -64,3 +67,80 @@ def export_grouping(grouping: Mapping[str, Any], references: Mapping[str, Mappin
     import yaml
 
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+
+
+# -- data maps and grouped-training metrics ---------------------------------------------------------
+def export_filename(run_name: str, what: str, ext: str, *, epoch: int | None = None) -> str:
+    """One naming scheme for every download: RUN_WHAT[_epoch_NNN].EXT (e.g. demo_datamap_epoch_005.npz
+    and demo_datamap_epoch_005.csv name the same snapshot)."""
+    stem = f"{run_name}_{what}" + (f"_epoch_{epoch:03d}" if epoch is not None else "")
+    return f"{stem}.{ext}"
+
+
+def datamap_npz(datamap: Mapping[str, np.ndarray], task_names: list[str], sample_index: np.ndarray, *,
+                epoch: int, classes: np.ndarray | None = None) -> bytes:
+    """A self-describing data-map snapshot: confidence, variability, correctness float32 (T, N),
+    task_names (T,) str, sample_index (N,) int64 (each column's row in the dataset's training
+    arrays), epoch () int64, and classes (N,) int64 when given. Loads with allow_pickle=False."""
+    conf = np.asarray(datamap["confidence"], dtype=np.float32)
+    if conf.shape != (len(task_names), len(sample_index)):
+        raise StgError(f"data map is {conf.shape}, expected ({len(task_names)}, {len(sample_index)})")
+    arrays: dict[str, np.ndarray] = {k: np.asarray(datamap[k], dtype=np.float32)
+                                     for k in ("confidence", "variability", "correctness")}
+    arrays["task_names"] = np.asarray([str(t) for t in task_names], dtype=np.str_)
+    arrays["sample_index"] = np.asarray(sample_index, dtype=np.int64)
+    arrays["epoch"] = np.asarray(int(epoch), dtype=np.int64)
+    if classes is not None:
+        arrays["classes"] = np.asarray(classes, dtype=np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def datamap_csv(datamap: Mapping[str, np.ndarray], task_names: list[str], tasks: list[str],
+                sample_index: np.ndarray) -> str:
+    """Long-format CSV of the chosen tasks: task, sample (dataset index), confidence, variability,
+    correctness; a missing label (NaN) is an empty cell. Task names are quoted as CSV needs and
+    never start a formula."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["task", "sample", "confidence", "variability", "correctness"])
+    index = np.asarray(sample_index, dtype=np.int64)
+    for t in tasks:
+        i = task_names.index(t)
+        cols = [np.asarray(datamap[k][i], dtype=np.float64) for k in ("confidence", "variability", "correctness")]
+        name = _safe_text(t)
+        for j in range(len(index)):
+            writer.writerow([name, int(index[j]), *("" if not np.isfinite(c[j]) else f"{c[j]:.6f}" for c in cols)])
+    return buf.getvalue()
+
+
+def metrics_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Grouped-training metrics.json as rows: model, task, then one column per metric."""
+    rows = []
+    for model, block in (metrics.get("models") or {}).items():
+        for task, values in (block.get("per_task") or {}).items():
+            rows.append({"model": model, "task": task, **{k: values.get(k) for k in sorted(values)}})
+    return rows
+
+
+def export_metrics(metrics: Mapping[str, Any], *, fmt: str) -> str:
+    """Grouped-training results as json (the whole metrics.json) or csv (``metrics_rows``)."""
+    if fmt == "json":
+        return json.dumps(metrics, indent=2) + "\n"
+    if fmt != "csv":
+        raise StgError(f"unknown export format {fmt!r}: use json or csv")
+    rows = metrics_rows(metrics)
+    fields = list(dict.fromkeys(k for r in rows for k in r)) or ["model", "task"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else _safe_text(r[k]) if isinstance(r.get(k), str) else r[k])
+                         for k in fields})
+    return buf.getvalue()
+
+
+def _safe_text(value: str) -> str:
+    """A string cell a spreadsheet will not run as a formula (=, +, -, @ first get a quote)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value

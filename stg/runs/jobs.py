@@ -57,12 +57,35 @@ class JobSnapshot:
         return self.status == ACTIVE
 
     @property
+    def label(self) -> str:
+        """The progress line: ``progress_label`` of the latest event."""
+        return progress_label(self.progress)
+
+    @property
     def fraction(self) -> float:
         """Share of steps done, in [0, 1]."""
         p = self.progress
         if p is None or p.steps <= 0:
             return 1.0 if self.status == "done" else 0.0
         return min(1.0, max(0.0, p.step / p.steps))
+
+
+def progress_label(p: Progress | None) -> str:
+    """What a progress bar says for event ``p``, never past the last epoch and never backwards
+    over a stream of events: "epoch E/N" while epoch E trains (step events carry the epoch in
+    progress, 1-based), "epoch E/N done" after it (epoch events carry the epoch just finished),
+    "starting" / "resuming after epoch E/N" at the start, "done" / "cancelled" at the end."""
+    if p is None:
+        return "starting"
+    n = max(1, int(p.epochs))
+    e = min(max(int(p.epoch), 0), n)
+    if p.kind == "step":
+        return f"epoch {max(e, 1)}/{n}"
+    if p.kind == "epoch":
+        return f"epoch {e}/{n} done"
+    if p.kind == "start":
+        return f"resuming after epoch {e}/{n}" if e else "starting"
+    return {"done": f"done, {n}/{n} epochs", "cancelled": f"cancelled after epoch {e}/{n}"}.get(p.kind, p.kind)
 
 
 class _Job:
@@ -167,6 +190,7 @@ class JobManager:
 
         key = run_key(out)
         self._refuse_if_running(key)
+        self._refuse_second_datamap(key)
         from stg.data.datasets import load_taskset, load_taskset_from_spec
 
         spec = data_spec
@@ -194,8 +218,14 @@ class JobManager:
         """Continue a cancelled/interrupted run (or extend a finished one to ``epochs``)."""
         meta = RunDir(run_path).read()
         cfg = dict(meta.get("config") or {})
+        done = int(meta.get("epochs_done") or 0)
         if epochs is not None:
+            if int(epochs) <= done:
+                raise StgError(f"run {Path(run_path).name} has already trained {done} epoch{'s' * (done != 1)}: "
+                               f"set a target above {done} to train further")
             cfg["epochs"] = int(epochs)
+        elif done >= int(cfg.get("epochs") or 0) and meta.get("status") == "done":
+            raise StgError(f"run {Path(run_path).name} is done ({done} epochs): set a target above {done} to extend it")
         if device is not None:
             cfg["device"] = device
         return self.start_datamap(run_path, DataSpec.from_meta(meta.get("data")), TrainConfig.from_meta(cfg),
@@ -212,6 +242,15 @@ class JobManager:
             return train_groups(run, grouping, monitor=Monitor(on_event, cancel), **options)
 
         return self.start(run_path, "groups", fn, detail={"grouping": grouping})
+
+    def _refuse_second_datamap(self, key: str) -> None:
+        """One data-map training at a time per app: a second one would share the same CPU or GPU,
+        so both would run at about half speed, and a GPU could run out of memory."""
+        busy = [s for s in self.running() if s.kind == "datamap" and s.run_path != key]
+        if busy:
+            raise StgError(f"the data-map run {Path(busy[0].run_path).name} is training in this app: wait for it "
+                           "or cancel it first (two runs at once would share the same processor and each take "
+                           "about twice as long; from a shell, `stg datamap` can run another on a different device)")
 
     def _refuse_if_running(self, key: str) -> None:
         snap = self.snapshot(key)

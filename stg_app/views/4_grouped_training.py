@@ -5,7 +5,6 @@ are listed at the bottom."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from stg.mt2st.schedules import DEFAULTS, make_schedule  # noqa: E402
 from stg.mt2st.target import load_target_results, results_table  # noqa: E402
 from stg.train.device import device_choices  # noqa: E402
 from stg.plots import gain_bar, results_rows  # noqa: E402
+from stg.runs.export import export_filename, export_metrics  # noqa: E402
 
 METRICS = ("balanced_accuracy", "accuracy", "f1", "auroc")
 SCHEDULE_CHOICES = ("none", "diminish", "diminish-code", "switch", "mtl", "stl")
@@ -85,13 +85,13 @@ def progress_panel(run: common.RunDir, grouping: str) -> None:
         snap = mgr.snapshot(run.path)
         if snap is not None and snap.running:
             p = snap.progress
-            label = f"{snap.kind} job on {run.path.name}"
-            if p is not None:
-                label += f": epoch {p.epoch}/{p.epochs}" + (f", {p.message}" if p.message else "")
+            label = f"{snap.kind} job on {common.plain(run.path.name)}: {snap.label}"
+            if p is not None and p.message:
+                label += f", {common.plain(p.message)}"
             st.progress(snap.fraction, text=label)
             st.button("Cancel", key="gt_cancel", on_click=mgr.cancel, args=(run.path,))
         elif snap is not None and snap.kind == "groups" and snap.status == "failed":
-            st.error(snap.error or "grouped training failed")
+            common.show_error(snap.error or "grouped training failed")
         if st.session_state.get("gt_watching") == str(run.path) and not running and not (snap and snap.running):
             del st.session_state["gt_watching"]
             st.rerun()
@@ -102,11 +102,11 @@ def progress_panel(run: common.RunDir, grouping: str) -> None:
 
 
 def results(run: common.RunDir, grouping: str) -> None:
-    path = run.groups_dir(grouping) / "metrics.json"
-    if not path.is_file():
-        st.info(f"No results for grouping {grouping!r} yet.")
+    record = run.metrics(grouping)  # validated: a corrupt metrics.json is a one-line StgError
+    if record is None:
+        st.info(f"No results for grouping {common.plain(grouping)} yet.")
         return
-    metrics = json.loads(path.read_text())
+    metrics = record.raw
     schedule = (metrics.get("config") or {}).get("schedule")
     if schedule:
         with common.errors():
@@ -118,6 +118,11 @@ def results(run: common.RunDir, grouping: str) -> None:
     if "grouped" in models and "mtl" in models:
         st.plotly_chart(gain_bar(metrics, metric=metric), key="gain")
     st.dataframe(results_rows(metrics, metric=metric), hide_index=True, width="stretch")
+    c1, c2 = st.columns(2)
+    for col, fmt, mime in ((c1, "csv", "text/csv"), (c2, "json", "application/json")):
+        col.download_button(f"Results ({fmt.upper()})", export_metrics(metrics, fmt=fmt),
+                            file_name=export_filename(run.path.name, f"{grouping}_metrics", fmt), mime=mime,
+                            key=f"gt_dl_{fmt}", on_click="ignore")
 
 
 def make_schedule_from(meta: dict):
@@ -135,8 +140,8 @@ def target_results(run: common.RunDir) -> None:
     st.caption("`stg mt2st RUN --target TASK --helpers GROUPING|all --schedule ...`: the target's test metrics, "
                "and the epochs until its validation metric reaches the stl model's final one.")
     for m in found:
-        st.markdown(f"**{m['target']}** with {len(m['helpers'])} helper(s) ({m['helpers_from']}): "
-                    f"{', '.join(m['helpers'])}")
+        st.markdown(f"**{common.plain(m['target'])}** with {len(m['helpers'])} helper(s) "
+                    f"({common.plain(m['helpers_from'])}): {common.plain(', '.join(m['helpers']))}")
         st.dataframe(results_table(m), hide_index=True, width="stretch")
 
 
@@ -151,7 +156,9 @@ if meta is not None:
         grouping = st.selectbox("Grouping", names, key="gt_grouping")
         with common.errors():
             launch_form(run, grouping, meta)
+        with common.errors():
             progress_panel(run, grouping)
+        with common.errors():
             results(run, grouping)
     with common.errors():
         target_results(run)

@@ -65,10 +65,10 @@ def explain(run: common.RunDir, meta: dict) -> None:
     special = special_tasks(run.record())
     highlight = special["random"] + [t for pair in special["pairs"] for t in pair] + special["flipped"]
     if not highlight:
-        st.info(f"Run `{run.path.name}` has no random or complement task. Start the demo above, or train a run "
+        st.info(f"Run {common.plain(run.path.name)} has no random or complement task. Start the demo above, or train a run "
                 "whose tasks spec includes `random` and `not:NAME` (e.g. `composite` or `paper15`).")
         return
-    st.subheader(f"Where the special tasks land in `{run.path.name}`")
+    st.subheader(f"Where the special tasks land in {common.plain(run.path.name)}")
     coords = common.task_coords(run)
     k = min(4, len(names) - 1)
     grouping = make_grouping(run, k=k, m=1.07, save=False)
@@ -79,14 +79,14 @@ def explain(run: common.RunDir, meta: dict) -> None:
                     key="learn_map")
     for t in special["random"]:
         mates = [n for n, c in zip(names, labels) if c == labels[names.index(t)] and n != t]
-        st.markdown(f"- **{t}** (labels unrelated to the image) lands in cluster {labels[names.index(t)]}"
-                    + (f" with {', '.join(mates)}" if mates else " **alone**")
+        st.markdown(f"- **{common.plain(t)}** (labels unrelated to the image) lands in cluster "
+                    f"{labels[names.index(t)]}" + (f" with {common.plain(', '.join(mates))}" if mates else " **alone**")
                     + ". Its data map has no easy region: the model can only memorise it, so confidence stays "
                       "near the base rate and correctness is low. Sharing a model with it costs capacity and "
                       "adds gradient noise for every other task; STG-MTL keeps it away from them.")
     for a, b in special["pairs"]:
         same = labels[names.index(a)] == labels[names.index(b)]
-        st.markdown(f"- **{a}** and **{b}** are complements: the same question with flipped labels. Their data "
+        st.markdown(f"- **{common.plain(a)}** and **{common.plain(b)}** are complements: the same question with flipped labels. Their data "
                     f"maps are near-identical (a sample hard for one is hard for the other), so they sit on top "
                     f"of each other and are {'grouped together' if same else '**not** grouped together (rare)'}. "
                     "Training them together costs nothing: they are the same task.")
@@ -116,7 +116,7 @@ c1.button("Run the composite demo", type="primary", on_click=start_demo, key="le
                "4 epochs: about a minute on a laptop CPU")
 c2.caption("Tasks spec `composite` = `ovr:all;union:footwear=sandal,sneaker,ankle_boot;not:footwear;random`.")
 if "learn_error" in st.session_state:
-    st.error(st.session_state["learn_error"])
+    common.show_error(st.session_state["learn_error"])
 demo_progress()
 target = run
 def has_random_task(run: common.RunDir) -> bool:

@@ -28,10 +28,12 @@ def affinity_cost(meta: dict, method: str) -> float:
 st.title("Affinity: which tasks help each other's training")
 run = common.sidebar()
 meta = common.require_run(run)
-if meta is not None:
+
+
+def page(run: common.RunDir, meta: dict) -> None:
     methods = [m for m in AFFINITY_METHODS if affinity_epochs(run.path, m)]
     if not methods:
-        st.info(f"Run `{run.path.name}` recorded no affinity. Start a run with **Record TAG affinity** ticked on "
+        st.info(f"Run {common.plain(run.path.name)} recorded no affinity. Start a run with **Record TAG affinity** ticked on "
                 "**Train & data maps**, or from a shell: `stg datamap --dataset fashion-sample --tasks composite "
                 "--affinity tag,cs --out runs/NAME`.")
     else:
@@ -94,3 +96,8 @@ if meta is not None:
                 st.dataframe(rows, hide_index=True, width="stretch")
                 st.caption("Extra seconds: for the affinity, the probes during training plus the group search; for "
                            "STG-MTL, the clustering (its data maps come free with training).")
+
+
+if meta is not None:
+    with common.errors():
+        page(run, meta)
