@@ -42,13 +42,54 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="task spec, e.g. 'ovr:all', 'paper15', 'ovr:cat,dog;union:pets=cat,dog;random'")
     p.add_argument("--limit", type=_int, default=None, help="use at most N training images (stratified; for quick runs)")
     p.add_argument("--val-fraction", type=_float, default=0.1, help="share of the training set held out for validation (default 0.1)")
+    p.add_argument("--image-size", type=_int, default=None,
+                   help="bring every image to S x S pixels, once, at load time (default: as they are; images of "
+                        "several sizes go to the smallest side)")
+    p.add_argument("--resize", default="crop", choices=("crop", "pad"),
+                   help="how images change shape: crop (default: scale the short side to S, cut the centre) or "
+                        "pad (scale the long side to S, black bars)")
+    p.add_argument("--hf-config", default=None, help="hf:NAME only: the dataset's configuration")
+    p.add_argument("--image-column", default=None, help="hf: datasets: the column of images (default: the Image column)")
+    p.add_argument("--label-column", default=None,
+                   help="hf: datasets: a column of class labels, one-vs-rest tasks (default: the ClassLabel column)")
+    p.add_argument("--label-columns", default=None,
+                   help="hf: datasets: comma list of binary columns, one task each (multi-label)")
+    p.add_argument("--split", default=None,
+                   help="hf: datasets: which of its splits are train / test (/ val), e.g. train=train,test=validation")
 
 
 def _data_spec(args: argparse.Namespace, dataset: str):
-    from stg.data.spec import DataSpec
+    from stg.data.spec import DataSpec, HfOptions
 
+    hf = None
+    if any(v is not None for v in (args.hf_config, args.image_column, args.label_column, args.label_columns, args.split)):
+        columns = None if args.label_columns is None else tuple(c.strip() for c in args.label_columns.split(",") if c.strip())
+        hf = HfOptions(config=args.hf_config, image_column=args.image_column, label_column=args.label_column,
+                       label_columns=columns, splits=HfOptions.parse_splits(args.split))
     return DataSpec.make(dataset, data_root=args.data_root, tasks=args.tasks, limit=args.limit,
-                         val_fraction=args.val_fraction, split_seed=args.seed)
+                         val_fraction=args.val_fraction, split_seed=args.seed, image_size=args.image_size,
+                         resize=args.resize, hf=hf)
+
+
+class _LoadBar:
+    """Image decoding on the command line: a tqdm bar on stderr (on a terminal only: no redraws in a
+    log file) and the loader's one-line notes (e.g. how images were resized)."""
+
+    bar: Any = None
+
+    def __call__(self, e) -> None:
+        from tqdm import tqdm
+
+        if e.kind == "note":
+            tqdm.write(e.message, file=sys.stderr)
+        elif e.kind == "start":
+            self.bar = tqdm(total=e.total, unit="img", desc="decoding images", dynamic_ncols=True, file=sys.stderr,
+                            disable=not sys.stderr.isatty())
+        elif self.bar is not None:
+            self.bar.update(max(0, e.done - self.bar.n))
+            if e.kind == "done":
+                self.bar.close()
+                self.bar = None
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -57,15 +98,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     from stg.data.datasets import load_taskset_from_spec
 
     spec = _data_spec(args, args.name)
-    taskset = load_taskset_from_spec(spec, download=args.download)
+    taskset = load_taskset_from_spec(spec, download=args.download, progress=_LoadBar())
     info = taskset.describe()
     if args.json:
         print(json.dumps(info))
         return 0
     print(f"{info['dataset']}: {info['n_train']} train / {info['n_val']} val / {info['n_test']} test images "
           f"of shape {tuple(info['image_shape'])}, {info['n_tasks']} tasks ({info['tasks_spec']})")
-    for name, pos, pw in zip(info["task_names"], info["train_positives"], info["pos_weight"]):
-        print(f"  {name:<24} {pos:>7} positives  pos_weight {pw:.3g}")
+    for name, pos, pw, miss in zip(info["task_names"], info["train_positives"], info["pos_weight"],
+                                   info["train_missing"]):
+        print(f"  {name:<24} {pos:>7} positives  pos_weight {pw:.3g}" + (f"  {miss} missing labels" if miss else ""))
     for ref, groups in info["references"].items():
         print(f"reference {ref!r}: {len(groups)} groups")
         for g, members in groups.items():
@@ -111,19 +153,22 @@ class _Bar:
 
 @contextlib.contextmanager
 def _ctrl_c_cancels() -> Iterator[threading.Event]:
-    """An event the first Ctrl-C sets (long work stops within one step); a second Ctrl-C hard-stops."""
+    """An event the first Ctrl-C (or SIGTERM) sets: long work stops within one step and records
+    itself as cancelled, never left 'running'; a second one hard-stops."""
     cancel = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         cancel.set()
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous[signum])
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for sig in previous:
+        signal.signal(sig, on_signal)
     try:
         yield cancel
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_datamap(args: argparse.Namespace) -> int:
@@ -149,10 +194,14 @@ def cmd_datamap(args: argparse.Namespace) -> int:
         config = TrainConfig(**{**_given_train_args(args), "seed": args.seed, "augment": not args.no_augment,
                                 "ddof": args.ddof})
         affinity = AffinityConfig.parse(args.affinity, args.affinity_every)
-    taskset = load_taskset_from_spec(spec, download=args.download)
+    taskset = load_taskset_from_spec(spec, download=args.download, progress=_LoadBar())
     with _ctrl_c_cancels() as cancel:
         meta = train_datamap(taskset, config, out, data_spec=spec, monitor=Monitor(_Bar(), cancel),
                              affinity=affinity)
+    from stg.train.distributed import launched_rank
+
+    if launched_rank() != 0:  # under torchrun, rank 0 reports for all
+        return 130 if meta["status"] == "cancelled" else 0
     if meta["status"] == "cancelled":
         print(f"cancelled after {meta['epochs_done']} finished epoch(s); run `stg datamap --out {out}` to resume",
               file=sys.stderr)
@@ -168,7 +217,7 @@ def cmd_datamap(args: argparse.Namespace) -> int:
 def _given_train_args(args: argparse.Namespace) -> dict[str, Any]:
     """Training options given on the command line when resuming an existing run by --out alone."""
     given = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-             "precision": args.precision}
+             "precision": args.precision, "snapshot_dtype": args.snapshot_dtype, "keep_epochs": args.keep_epochs}
     out = {k: v for k, v in given.items() if v is not None}  # unset options keep TrainConfig's defaults
     if args.device != "auto":
         out["device"] = args.device
@@ -181,8 +230,15 @@ def cmd_group(args: argparse.Namespace) -> int:
 
     run = RunDir(args.run)
     run.read()
+    if not 0 <= args.seed < 2**32:  # numpy's seeds
+        raise StgError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    if args.name is not None:
+        run.check_grouping_writable(args.name)  # refuse before the work
     grouping = make_grouping(run, k=args.k, m=args.fuzziness, method=args.method, seed=args.seed, name=args.name,
-                             epochs=args.epochs, projection_dim=args.projection_dim)
+                             epochs=args.epochs, projection_dim=args.projection_dim, save=False,
+                             features=args.features, **({"n_init": args.n_init} if args.n_init is not None else {}))
+    if not run.write_grouping(grouping["name"], grouping, overwrite=args.overwrite):
+        print(f"grouping {grouping['name']!r} already holds this result: kept it", file=sys.stderr)
     for line in summary_lines(grouping):
         print(line)
     if args.scan:
@@ -195,7 +251,8 @@ def _print_k_scan(run, args: argparse.Namespace) -> None:
     from stg.grouping.features import task_coordinates
     from stg.grouping.quality import recommend_k, scan_k, stability
 
-    x = task_coordinates(run, epochs=args.epochs, projection_dim=args.projection_dim, seed=args.seed)
+    x = task_coordinates(run, epochs=args.epochs, projection_dim=args.projection_dim, seed=args.seed,
+                         features=args.features)
     ks = list(range(2, min(len(x) - 1, 30) + 1))
     if not ks:
         raise StgError(f"a k scan needs at least 3 tasks, the run has {len(x)}")
@@ -223,8 +280,7 @@ def cmd_train_groups(args: argparse.Namespace) -> int:
                                executor=args.executor, device=args.device, monitor=Monitor(_Bar(), cancel),
                                schedule=schedule)
     if metrics.get("status") == "cancelled":
-        print(f"cancelled; run `stg train-groups {run.path} --grouping {args.grouping}` again to resume",
-              file=sys.stderr)
+        print(f"cancelled; run `{_command_line(args)}` again to resume", file=sys.stderr)
         return 130
     for line in summary_table(metrics):
         print(line)
@@ -281,12 +337,35 @@ def cmd_mt2st(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from stg.compare.report import markdown_table
+    from stg.compare.run import compare_dir, run_compare
+    from stg.runs.rundir import RunDir
+    from stg.train.loop import Monitor
+
+    run = RunDir(args.run)
+    run.read()
+    with _ctrl_c_cancels() as cancel:
+        report = run_compare(run, args.k, seeds=args.seeds, epochs=args.epochs, controls=args.controls,
+                             executor=args.executor, device=args.device, features=args.features,
+                             m=args.fuzziness, monitor=Monitor(_Bar(), cancel))
+    out = compare_dir(run, args.k)
+    if report["status"] == "cancelled":
+        print(f"cancelled after {report['trainings']['done']} of {report['trainings']['total']} trainings; run the "
+              f"same `stg compare` command again to resume", file=sys.stderr)
+        return 130
+    print(markdown_table(report))
+    print(f"report: {out / 'report.html'} (self-contained), {out / 'report.json'}, {out / 'report.md'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from stg.runs.export import export_grouping
-    from stg.runs.rundir import RunDir, atomic_write_bytes
+    from stg.runs.rundir import RunDir, atomic_write_bytes, check_output_file
 
     run = RunDir(args.run)
     meta = run.read()
+    target = check_output_file(args.out) if args.out else None  # before any work: never into a run
     name = args.grouping
     if name is None:
         names = run.grouping_names()
@@ -294,8 +373,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise StgError(f"run {run.path} has no grouping yet: run `stg group {run.path} --k K` first")
         name = max(names, key=lambda n: run.grouping_path(n).stat().st_mtime)
     text = export_grouping(run.read_grouping(name), meta.get("references", {}), fmt=args.format)
-    if args.out:
-        atomic_write_bytes(Path(args.out), text.encode())
+    if target is not None:
+        atomic_write_bytes(target, text.encode())
         print(f"wrote {args.out} (grouping {name!r}, {args.format})", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -308,6 +387,14 @@ def cmd_app(args: argparse.Namespace) -> int:
     import urllib.request
     import webbrowser
 
+    if not 1 <= args.port <= 65535:
+        raise StgError(f"--port must be in 1..65535, got {args.port}")
+    import socket
+
+    try:
+        socket.getaddrinfo(args.host, args.port)
+    except (OSError, UnicodeError):
+        raise StgError(f"--host {args.host!r} is not an address or host name this machine can bind") from None
     app = Path(__file__).resolve().parents[1] / "stg_app" / "Home.py"  # the dashboard package, shipped beside stg
     if not app.is_file():
         raise StgError(f"the dashboard is not installed next to the library (looked for {app}): reinstall stg")
@@ -318,7 +405,7 @@ def cmd_app(args: argparse.Namespace) -> int:
            "--client.toolbarMode", "minimal"]
     url = f"http://{args.host}:{args.port}"
     print(f"stg dashboard on {url} (runs in {env['STG_RUNS']}); Ctrl-C to stop", file=sys.stderr)
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
     def on_term(signum, frame):  # `kill` of stg stops the server it started too
         raise SystemExit(143)
@@ -354,15 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     datasets = ", ".join(DATASET_NAMES)
 
-    p = sub.add_parser("data", help="describe a task set", description=f"Describe a task set. Datasets: {datasets}, or a folder/.npz of your own.")
-    p.add_argument("name", help=f"dataset name ({datasets}) or a path to your own data")
+    p = sub.add_parser("data", help="describe a task set", description=f"Describe a task set. Datasets: {datasets}, a folder/.npz of your own, or hf:NAME (a Hugging Face dataset, or a folder saved with save_to_disk).")
+    p.add_argument("name", help=f"dataset name ({datasets}), a path to your own data, or hf:NAME")
     _add_data_args(p)
     p.add_argument("--seed", type=_int, default=0, help="split seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("datamap", help="train one multi-task model and record data maps", description="Train one multi-task model on all tasks and record per-task data maps into RUN. Re-running on the same --out resumes.")
-    p.add_argument("--dataset", default=None, help=f"dataset ({datasets}) or a path; omit to resume --out")
+    p.add_argument("--dataset", default=None, help=f"dataset ({datasets}), a path or hf:NAME; omit to resume --out")
     _add_data_args(p)
     p.add_argument("--model", default=None, help="cnn (default), resnet18 or resnet18-cifar")
     p.add_argument("--epochs", type=_int, default=None, help="epochs (default 5)")
@@ -374,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=("auto", "bf16", "fp32"),
                    help="auto (default): bf16 autocast on GPUs and CPUs with native bf16, else fp32")
     p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
+    p.add_argument("--snapshot-dtype", default=None, choices=("float32", "float16"),
+                   help="how data-map snapshots are stored: float32 (default) or float16 (half the disk, "
+                        "error <= 2^-12; read back as float32)")
+    p.add_argument("--keep-epochs", default=None,
+                   help="which data-map snapshots to keep: all (default), last (the statistics are cumulative, "
+                        "so the last one carries every epoch), or every:N (epochs N, 2N, ... and the last)")
     p.add_argument("--affinity", default=None,
                    help="also record inter-task affinities in the same run: tag (TAG's lookahead), cs (gradient "
                         "cosine) or tag,cs; then `stg group RUN --method tag`")
@@ -389,9 +482,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fuzzy-kmeans (default, STG-MTL's), fcm or kmeans on the data maps; tag or cs on the "
                         "affinities recorded with `stg datamap --affinity tag,cs` (TAG's group selection)")
     p.add_argument("--seed", type=_int, default=0)
-    p.add_argument("--name", default=None, help="grouping name (default from method, k, m)")
+    p.add_argument("--name", default=None, help="grouping name (default from method, k, m and any other "
+                                                "setting given; an existing name is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing grouping of that name (never while its specialists are training)")
     p.add_argument("--epochs", default="last", help="data-map snapshots used as features: last (default), all, or e.g. 2,5")
     p.add_argument("--projection-dim", type=_int, default=None, help="random projection of the features to this many dims")
+    p.add_argument("--features", default="raw",
+                   help="task features: raw (default, the paper's), centred (correlation distance), rank (Spearman), "
+                        "tag-rows or cs-rows (rows of the recorded affinity); formulas in stg/grouping/features.py")
+    p.add_argument("--n-init", type=_int, default=None,
+                   help="k-means restarts (default: 300 up to 100 tasks at k = 20, fewer beyond, never under 10: "
+                        "stg.grouping.fuzzy.default_n_init)")
     p.add_argument("--scan", action="store_true", help="also print a k scan with quality indices, the recommended k and the seed stability of --k")
     p.set_defaults(func=cmd_group)
 
@@ -421,6 +523,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schedule_args(p, default="switch")
     p.set_defaults(func=cmd_mt2st)
 
+    p = sub.add_parser("compare", help="train every grouping method and control under one budget and compare them",
+                       description="Build the groupings of every method (STG-MTL with each task-feature variant; TAG "
+                                   "and gradient cosine when the run recorded affinities), the controls (mtl, stl, "
+                                   "random) and each reference grouping; train each under the same budget for "
+                                   "--seeds seeds; write RUN/compare/K/report.json, report.html (self-contained) "
+                                   "and report.md. Re-running resumes; finished trainings are not retrained.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--k", type=_int, required=True, help="number of groups (2..T)")
+    p.add_argument("--seeds", type=_int, default=3, help="seeds per candidate (default 3): data order and init")
+    p.add_argument("--epochs", type=_int, default=None, help="epochs per model (default: the data-map run's)")
+    p.add_argument("--controls", default="mtl,stl,random", help="comma list of mtl (required), stl, random "
+                                                                "(default all three)")
+    p.add_argument("--features", default=None, help="comma list of STG-MTL task-feature variants to compare "
+                                                     "(default: every one the run has)")
+    p.add_argument("--fuzziness", type=_float, default=1.07, help="STG-MTL's fuzziness m (default 1.07)")
+    p.add_argument("--executor", default="local", help="local (default) or ray")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("export", help="export a grouping", description="Export a grouping as JSON, CSV or YAML.")
     p.add_argument("run", help="run directory")
     p.add_argument("--grouping", default=None, help="grouping name (default: the newest)")
@@ -440,13 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except StgError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -454,6 +576,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `stg data ... --json | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # disk full, read-only, permissions, over-long names: the OS's reason, one line
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or _one_line(e)}:{where}" if where else f"error: {e.strerror or _one_line(e)}",
+              file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory: use a smaller --batch-size, --limit or model", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: one line for the user; STG_DEBUG=1 shows the traceback
+        if os.environ.get("STG_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {_one_line(e)[:300]} (STG_DEBUG=1 shows the traceback; "
+              "please report it)", file=sys.stderr)
+        return 1
+
+
+def _die_with_parent() -> None:
+    """In the Streamlit child: the kernel sends it SIGTERM when `stg app` dies, even by kill -9."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as the user typed it (for a resume hint that keeps every option)."""
+    import shlex
+
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    return " ".join(shlex.quote(a) for a in ["stg", *argv])
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":
