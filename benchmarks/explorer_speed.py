@@ -90,8 +90,9 @@ def main() -> None:
             "move threshold": lambda i: at.slider(key="ex_v").set_value(0.1 + 0.01 * i).run(),
             "per-task thirds": lambda i: at.radio(key="ex_rule").set_value("thirds" if i % 2 == 0 else "fixed").run(),
             "select 500 points": lambda i: select(at, n, i),
-            "carry to another task": lambda i: (at.button(key="ex_carry").click().run(),
-                                                at.selectbox(key="ex_task").set_value(names[i % len(names)]).run()),
+            # three reruns: select, carry, show another task with the carried samples outlined
+            "select + carry + other task": lambda i: (select(at, n, i), at.button(key="ex_carry").click().run(),
+                                                      at.selectbox(key="ex_task").set_value(names[i % len(names)]).run()),
             "change epoch": lambda i: at.select_slider(key="ex_epoch").set_value(1 + i % 3).run(),
         }
         print(f"{args.tasks} tasks x {n:,} samples; first load {first:.2f} s (data maps, images, caches)")
