@@ -239,6 +239,8 @@ def membership_heatmap(membership: np.ndarray, task_names: Sequence[str], *, tit
         z=w[order].astype(np.float32), x=[f"cluster {c}" for c in range(w.shape[1])], y=names,
         zmin=0, zmax=1, colorscale="Blues", colorbar=dict(title="membership", thickness=12),
         hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>",
+        # the values in the cells while they stay legible (up to 40 tasks x 10 clusters)
+        texttemplate="%{z:.2f}" if w.shape[0] <= 40 and w.shape[1] <= 10 else None,
     ))
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=9 if len(names) > 30 else 11))
     return _layout(fig, height=min(1600, max(300, 16 * len(names) + 80)), title=title)

@@ -168,6 +168,7 @@ def test_grouping_save_then_export_and_training_page(runs: Path) -> None:
     gt = page("4_grouped_training.py").run()
     assert not gt.exception, gt.exception
     assert gt.selectbox(key="gt_grouping").value == "mine"
+    assert "fuzzy c-means" in at.selectbox(key="g_method").help  # each clustering method in one line
 
 
 def test_grouping_k_scan(runs: Path) -> None:
@@ -223,6 +224,7 @@ def test_grouped_training_runs_in_background_and_shows_results(runs: Path) -> No
     assert not at.exception, at.exception
     assert (runs / "demo" / "groups" / "g3" / "metrics.json").is_file()
     assert any("gain" in c.proto.spec for c in charts(at))
+    assert any("grouped_argmax: each task is served by" in c.value for c in at.caption)  # the models explained
 
 
 def test_affinity_page_shows_the_heatmap_selects_groups_and_compares(runs: Path) -> None:

@@ -226,3 +226,13 @@ def test_progress_label_never_passes_the_last_epoch_nor_goes_back() -> None:
     epochs = [int(lbl.split()[1].split("/")[0]) for lbl in labels if lbl.startswith("epoch")]
     assert epochs == sorted(epochs) and max(epochs) == 3
     assert labels[1] == "epoch 1/3" and labels[3] == "epoch 1/3 done" and labels[-1] == "done, 3/3 epochs"
+
+
+def test_membership_heatmap_shows_values_while_legible() -> None:
+    from stg.plots import membership_heatmap
+
+    small = np.random.default_rng(0).dirichlet(np.ones(3), size=13)
+    fig = membership_heatmap(small, [f"t{i}" for i in range(13)])
+    assert fig.data[0].texttemplate == "%{z:.2f}"
+    big = np.random.default_rng(0).dirichlet(np.ones(20), size=100)
+    assert membership_heatmap(big, [f"t{i}" for i in range(100)]).data[0].texttemplate is None

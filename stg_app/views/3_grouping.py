@@ -26,6 +26,11 @@ def cached_scan(path: str, mtime: float, ks: tuple[int, ...], m: float, method: 
     return scan_k(common.task_coords(common.RunDir(path)), ks=ks, m=m, method=method, seed=seed)
 
 
+METHOD_HELP = ("**fuzzy-kmeans** (the paper's): k-means, then each task's membership from its distances to the "
+               "centroids with fuzziness m.  \n**fcm**: Bezdek's fuzzy c-means, centroids and memberships fitted "
+               "together.  \n**kmeans**: hard k-means, membership 1 in one cluster.")
+
+
 def controls(n_tasks: int) -> tuple[int, float, str, int]:
     c1, c2, c3, c4 = st.columns([1, 2, 1.3, 1])
     common.url_state("g_k", min(4, max(2, n_tasks - 1)), param="k", cast=int)
@@ -33,7 +38,7 @@ def controls(n_tasks: int) -> tuple[int, float, str, int]:
     common.remember("g_k", param="k")
     m = float(c2.slider("Fuzziness m", min_value=1.01, max_value=3.0, value=1.07, step=0.01, key="g_m",
                         help="1 = crisp; larger = softer memberships (the paper uses values near 1)"))
-    method = c3.selectbox("Method", list(METHODS), key="g_method")
+    method = c3.selectbox("Method", list(METHODS), key="g_method", help=METHOD_HELP)
     seed = int(c4.number_input("Seed", min_value=0, value=0, step=1, key="g_seed"))
     return k, m, method, seed
 

@@ -101,6 +101,12 @@ def progress_panel(run: common.RunDir, grouping: str) -> None:
     panel()
 
 
+MODELS_HELP = ("grouped: each task's prediction mixes the specialists by its memberships. "
+               "grouped_argmax: each task is served by its highest-membership specialist alone. "
+               "mtl: one model for all tasks. random: specialists of a random grouping with the same cluster sizes. "
+               "stl: one model per task.")
+
+
 def results(run: common.RunDir, grouping: str) -> None:
     record = run.metrics(grouping)  # validated: a corrupt metrics.json is a one-line StgError
     if record is None:
@@ -115,6 +121,7 @@ def results(run: common.RunDir, grouping: str) -> None:
     models = metrics.get("models", {})
     st.dataframe([{"model": name, **{k: v for k, v in m.get("mean", {}).items()}} for name, m in models.items()],
                  hide_index=True, width="stretch")
+    st.caption(MODELS_HELP)
     if "grouped" in models and "mtl" in models:
         st.plotly_chart(gain_bar(metrics, metric=metric), key="gain")
     st.dataframe(results_rows(metrics, metric=metric), hide_index=True, width="stretch")
