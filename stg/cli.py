@@ -141,7 +141,7 @@ class _Bar:
             self.bar.set_postfix_str(f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} {p.images_per_s:,.0f} img/s")
             if p.kind == "epoch":
                 extra = " ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
-                what = p.message or f"epoch {p.epoch}/{p.epochs}"
+                what = f"{p.message}, epoch {p.epoch}/{p.epochs}" if p.message else f"epoch {p.epoch}/{p.epochs}"
                 self.bar.write(f"{what}: loss {p.loss:.4f} {extra} ({p.images_per_s:,.0f} img/s)", file=sys.stderr)
         elif p.kind in ("done", "cancelled", "failed"):
             self.bar.update(max(0, p.step - self.bar.n))

@@ -84,6 +84,118 @@ def membership_order(membership: np.ndarray) -> np.ndarray:
     return np.lexsort((-w[np.arange(len(w)), labels], labels))
 
 
+def similarity_order(coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Task order in which each cluster is a block and similar tasks sit next to each other.
+
+    coords: (T, r) task coordinates whose Euclidean distances are the task-feature distances
+    (``stg.grouping`` clusters on them); labels: (T,) hard cluster per task -> (T,) permutation.
+    Clusters come in the optimal leaf order (``optimal_leaf_order``) of their centroids'
+    average-linkage dendrogram; inside a cluster, tasks come in that of their own, each block
+    turned to start near where the last one ended (``orient_blocks``). A plain sort by
+    membership (``membership_order``) keeps the blocks but puts unrelated tasks side by side.
+    """
+    x = np.asarray(coords, dtype=np.float64)
+    lab = np.asarray(labels).ravel()
+    if x.ndim != 2 or len(x) != len(lab):
+        raise StgError(f"coords must be (T, r) with T = {len(lab)} labels, got shape {x.shape}")
+    clusters = np.unique(lab)
+    centroids = np.stack([x[lab == c].mean(axis=0) for c in clusters])
+    blocks = []
+    for c in clusters[optimal_leaf_order(centroids)]:
+        members = np.flatnonzero(lab == c)
+        blocks.append(members[optimal_leaf_order(x[members])])
+    return np.concatenate(orient_blocks(x, blocks))
+
+
+def orient_blocks(x: np.ndarray, blocks: list[np.ndarray]) -> list[np.ndarray]:
+    """Each block forwards or reversed so that a block starts near where the previous one ends:
+    the first pair's four orientations by the least junction distance, then each next block by its
+    own. x: (T, r); blocks: index arrays into x."""
+    if len(blocks) < 2:
+        return blocks
+
+    def gap(i: int, j: int) -> float:
+        return float(np.linalg.norm(x[i] - x[j]))
+
+    a, b = blocks[0], blocks[1]
+    a, b = min(((p, q) for p in (a, a[::-1]) for q in (b, b[::-1])), key=lambda pq: gap(pq[0][-1], pq[1][0]))
+    out = [a, b]
+    for block in blocks[2:]:
+        out.append(block if gap(out[-1][-1], block[0]) <= gap(out[-1][-1], block[-1]) else block[::-1])
+    return out
+
+
+OPTIMAL_ORDER_MAX = 300  # O(n^3) time, O(n^2) memory: beyond this, the plain dendrogram order
+
+
+def optimal_leaf_order(points: np.ndarray) -> np.ndarray:
+    """The leaf order of the average-linkage dendrogram of ``points`` (n, r) that minimises the sum
+    of Euclidean distances between neighbours, out of the 2^(n-1) orders the dendrogram allows
+    (flip any node): (n,) permutation. Bar-Joseph et al. 2001's dynamic programme:
+
+        M[i, j] = min over k in L, m in R of  M_L[i, k] + d(k, m) + M_R[m, j]
+
+    the cheapest order of node v = (L, R) that starts at leaf i of L and ends at leaf j of R. Each
+    leaf pair has one lowest common node, so one (n, n) matrix holds every node's M. Written here
+    because scipy's ``optimal_leaf_ordering`` can return a worse order than its optimum (scipy
+    issue 11227; the test compares against all 2^(n-1) orders). Above ``OPTIMAL_ORDER_MAX`` points,
+    the plain dendrogram order.
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import pdist, squareform
+
+    x = np.asarray(points, dtype=np.float64)
+    n = len(x)
+    if n < 3:
+        return np.arange(n)
+    condensed = pdist(x)
+    z = linkage(condensed, method="average")
+    if n > OPTIMAL_ORDER_MAX:
+        return leaves_list(z)
+    d = squareform(condensed)
+    best = np.zeros((n, n))
+    kids: dict[int, tuple[int, int]] = {}
+    leaves: list[list[int]] = [[i] for i in range(n)]
+
+    def within(node: int) -> np.ndarray:
+        """M of one node, over its leaves: an order of the whole node runs from a leaf of one child
+        to a leaf of the other (pairs under one child belong to a lower node: infinite here)."""
+        ids = leaves[node]
+        sub = best[np.ix_(ids, ids)].copy()
+        if node >= n:
+            split = len(leaves[kids[node][0]])
+            sub[:split, :split] = np.inf
+            sub[split:, split:] = np.inf
+        return sub
+
+    for node, (a, b) in enumerate(z[:, :2].astype(np.int64), start=n):
+        left, right = leaves[a], leaves[b]
+        via = np.min(within(a)[:, :, None] + d[np.ix_(left, right)][None, :, :], axis=1)  # [i, m]
+        cost = np.min(via[:, :, None] + within(b)[None, :, :], axis=1)  # [i, j]
+        best[np.ix_(left, right)] = cost
+        best[np.ix_(right, left)] = cost.T
+        kids[node] = (int(a), int(b))
+        leaves.append(left + right)
+
+    def walk(node: int, i: int, j: int) -> list[int]:
+        """The cheapest order of ``node``'s leaves from i to j (i, j under different children)."""
+        if node < n:
+            return [i]
+        a, b = kids[node]
+        if i not in leaves[a]:
+            a, b = b, a
+        first, second = leaves[a], leaves[b]
+        total = within(a)[first.index(i)][:, None] + d[np.ix_(first, second)] + within(b)[:, second.index(j)][None, :]
+        k, m = np.unravel_index(np.argmin(total), total.shape)
+        return walk(a, i, first[k]) + walk(b, second[m], j)
+
+    root = 2 * n - 2
+    a, b = kids[root]
+    pairs = best[np.ix_(leaves[a], leaves[b])]
+    i, j = np.unravel_index(np.argmin(pairs), pairs.shape)
+    return np.asarray(walk(root, leaves[a][i], leaves[b][j]), dtype=np.int64)
+
+
 def grid_shape(n: int, *, max_cols: int = 10) -> tuple[int, int]:
     """(rows, cols) for n small multiples, close to square, at most max_cols wide."""
     cols = max(1, min(max_cols, math.ceil(math.sqrt(n))))
@@ -149,17 +261,26 @@ def datamap_grid(
         z = np.where(counts[t] > 0, z_all[t], np.nan).astype(np.float32)
         fig.add_trace(
             go.Heatmap(z=z, x=xs.astype(np.float32), y=ys.astype(np.float32), zmin=0, zmax=max(zmax, 1e-6),
-                       colorscale="Viridis", showscale=(t == 0), name=str(task_names[t]),
-                       colorbar=dict(title="log10(1+n)", thickness=10, len=0.6),
-                       hovertemplate=f"{task_names[t]}<br>variability %{{x:.3f}}<br>confidence %{{y:.3f}}<extra></extra>"),
+                       customdata=counts[t], colorscale="Viridis", showscale=(t == 0), name=str(task_names[t]),
+                       colorbar=dict(title="log10(1+n)", thickness=10, len=0.6), hoverongaps=False,
+                       hovertemplate=f"{task_names[t]}<br>%{{customdata:,}} samples<br>variability %{{x:.3f}}"
+                                     f"<br>confidence %{{y:.3f}}<extra></extra>"),
             row=t // cols + 1, col=t % cols + 1,
         )
     fig.update_xaxes(range=[0, VARIABILITY_MAX], showticklabels=False)
     fig.update_yaxes(range=[0, 1], showticklabels=False)
-    fig.update_xaxes(showticklabels=True, tickvals=[0, 0.25, 0.5], row=rows)
-    fig.update_yaxes(showticklabels=True, tickvals=[0, 0.5, 1], col=1)
+    small = dict(font=dict(size=10), standoff=2)
+    for col in range(1, cols + 1):  # the lowest map of each column carries the x axis's ticks and title
+        last_row = (n_tasks - col) // cols + 1 if col <= n_tasks else 0
+        if last_row:
+            fig.update_xaxes(showticklabels=True, tickvals=[0, 0.2, 0.4], title=dict(text="variability", **small),
+                             row=last_row, col=col)
+        for row in range(last_row + 1, rows + 1):  # cells past the last task: no empty axes
+            fig.update_xaxes(visible=False, row=row, col=col)
+            fig.update_yaxes(visible=False, row=row, col=col)
+    fig.update_yaxes(showticklabels=True, tickvals=[0, 0.5, 1], title=dict(text="confidence", **small), col=1)
     fig.update_annotations(font_size=10)
-    return _layout(fig, height=max(260, 150 * rows + 60), title=title)
+    return _layout(fig, height=max(260, 170 * rows + 60), title=title)
 
 
 def datamap_scatter(
@@ -191,6 +312,7 @@ def datamap_scatter(
                             hoverinfo="skip" if len(idx) > 10_000 else None))
     fig.update_xaxes(title="variability", range=[0, VARIABILITY_MAX])
     fig.update_yaxes(title="confidence", range=[0, 1])
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, font=dict(size=10)))  # not over the map
     shown = f"{len(idx):,} of {len(conf):,} samples" if len(idx) < len(conf) else f"{len(conf):,} samples"
     return _layout(fig, height=height, title=f"{task} ({shown})")
 
@@ -230,10 +352,15 @@ def task_map(
     return _layout(fig, height=480, title=title)
 
 
-def membership_heatmap(membership: np.ndarray, task_names: Sequence[str], *, title: str | None = None) -> go.Figure:
-    """Membership (T, k) as a heatmap, tasks ordered so each cluster reads as a block."""
+def membership_heatmap(membership: np.ndarray, task_names: Sequence[str], *, coords: np.ndarray | None = None,
+                       title: str | None = None) -> go.Figure:
+    """Membership (T, k) as a heatmap, each cluster's tasks as a block.
+
+    coords: (T, r) task coordinates; when given, tasks are ordered by similarity
+    (``similarity_order``), otherwise by decreasing membership within each block.
+    """
     w = np.asarray(membership, dtype=np.float64)
-    order = membership_order(w)
+    order = membership_order(w) if coords is None else similarity_order(coords, w.argmax(axis=1))
     names = [str(task_names[i]) for i in order]
     fig = go.Figure(go.Heatmap(
         z=w[order].astype(np.float32), x=[f"cluster {c}" for c in range(w.shape[1])], y=names,
@@ -272,18 +399,33 @@ def k_scan_figure(scan: Sequence[Mapping[str, float]], *, recommended: int | Non
     return _layout(fig, height=300)
 
 
-def gain_bar(metrics: Mapping[str, Any], *, metric: str = "balanced_accuracy", model: str = "grouped",
-             baseline: str = "mtl") -> go.Figure:
-    """Per-task gain of ``model`` over ``baseline`` (bars, green up / red down), sorted."""
-    gains = gains_vs_baseline(metrics, metric=metric, model=model, baseline=baseline)
-    items = sorted(gains.items(), key=lambda kv: kv[1], reverse=True)
-    fig = go.Figure(go.Bar(x=[t for t, _ in items], y=[g for _, g in items],
-                           marker_color=["#2ca02c" if g >= 0 else "#d62728" for _, g in items],
-                           hovertemplate="%{x}: %{y:+.4f}<extra></extra>"))
-    mean = float(np.mean([g for _, g in items])) if items else float("nan")
-    fig.add_hline(y=0, line_color="black", line_width=1)
-    fig.update_yaxes(title=f"{metric} gain vs {baseline}")
-    return _layout(fig, height=360, title=f"{model} - {baseline}: mean {mean:+.4f}" if items else "no results yet")
+def gain_bars(metrics: Mapping[str, Any], *, metric: str = "balanced_accuracy", model: str = "grouped",
+              baselines: Sequence[str] = ("mtl", "random", "stl")) -> go.Figure:
+    """Per-task gain of ``model`` over each baseline in the results: one row of bars per baseline
+    (green up, red down), tasks in one order throughout (by gain over the first baseline), each
+    row titled with its mean gain and how many tasks gain or lose."""
+    rows = [(b, gains_vs_baseline(metrics, metric=metric, model=model, baseline=b)) for b in baselines]
+    rows = [(b, g) for b, g in rows if g]
+    if not rows:
+        return _layout(go.Figure(), height=200, title=f"no {model} results next to {', '.join(baselines)}")
+    first = rows[0][1]
+    tasks = sorted(first, key=lambda t: first[t], reverse=True)
+    titles = []
+    for b, g in rows:
+        vals = [g[t] for t in tasks if t in g]
+        titles.append(f"{model} - {b}: mean {np.mean(vals):+.4f}; {sum(v > 0 for v in vals)} tasks gain, "
+                      f"{sum(v < 0 for v in vals)} lose")
+    fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, subplot_titles=titles,
+                        vertical_spacing=min(0.12, 0.5 / len(rows)))
+    for i, (b, g) in enumerate(rows, start=1):
+        ys = [g.get(t) for t in tasks]
+        fig.add_trace(go.Bar(x=tasks, y=ys, name=f"vs {b}", showlegend=False,
+                             marker_color=["#2ca02c" if (v or 0) >= 0 else "#d62728" for v in ys],
+                             hovertemplate=f"%{{x}}: %{{y:+.4f}} vs {b}<extra></extra>"), row=i, col=1)
+        fig.add_hline(y=0, line_color="black", line_width=1, row=i, col=1)
+        fig.update_yaxes(title=dict(text=f"gain vs {b}", font=dict(size=11)), row=i, col=1)
+    fig.update_annotations(font_size=12)
+    return _layout(fig, height=120 + 220 * len(rows), title=f"{metric}: {model} against each baseline")
 
 
 def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None = None) -> go.Figure:

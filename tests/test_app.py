@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("streamlit")
@@ -645,3 +646,63 @@ def test_k_scan_of_a_three_task_run(runs: Path) -> None:
     at.button(key="g_scan").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
+
+
+# -- issue 15 item 7: readability ---------------------------------------------------------------------
+def test_grouped_training_progress_names_stage_loss_and_time_left(runs: Path) -> None:
+    from stg.grouping.make import make_grouping
+    from stg.train.loop import Progress
+
+    make_grouping(RunDir(runs / "demo"), k=3, name="g3")
+    step = Progress("step", 2, 4, 30, 90, loss=0.3456, eta_s=125.0, message="random (stage 2/3)")
+    with fake_job(runs / "demo", kind="groups", progress=step):
+        at = page("4_grouped_training.py").run()
+        assert not at.exception, at.exception
+        bars = [e.proto.text for e in at.get("progress")]
+        assert bars and all(w in bars[0] for w in ("random (stage 2/3)", "epoch 2/4", "loss 0.3456",
+                                                   "about 2 min 05 s left")), bars
+
+
+def test_grouped_training_results_against_mtl_random_and_stl(runs: Path) -> None:
+    import json
+
+    from stg.grouping.make import make_grouping
+
+    grouping = make_grouping(RunDir(runs / "demo"), k=3, name="g3")
+    tasks = grouping["task_names"]
+    rng = np.random.default_rng(0)
+    models = {}
+    for name in ("grouped", "grouped_argmax", "mtl", "random", "stl"):
+        per = {t: {"balanced_accuracy": float(v), "accuracy": float(v)} for t, v in zip(tasks, rng.random(len(tasks)))}
+        models[name] = {"per_task": per, "mean": {"balanced_accuracy": float(np.mean([p["balanced_accuracy"]
+                                                                                     for p in per.values()]))}}
+    out = runs / "demo" / "groups" / "g3"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"grouping": "g3", "task_names": tasks, "models": models}))
+    at = page("4_grouped_training.py").run()
+    assert not at.exception, at.exception
+    spec = json.loads(next(c for c in charts(at) if "against each baseline" in c.proto.spec).proto.spec)
+    assert [t["name"] for t in spec["data"]] == ["vs mtl", "vs random", "vs stl"]
+    assert "grouped: mean" not in spec["layout"]["title"]["text"]
+    assert any(a["text"].startswith("grouped - stl: mean") for a in spec["layout"]["annotations"])
+    assert at.selectbox(key="gt_model").options == ["grouped", "grouped_argmax"]
+    at.selectbox(key="gt_model").set_value("grouped_argmax").run()
+    spec = json.loads(next(c for c in charts(at) if "against each baseline" in c.proto.spec).proto.spec)
+    assert any(a["text"].startswith("grouped_argmax - random: mean") for a in spec["layout"]["annotations"])
+
+
+def test_grouping_page_orders_the_heatmap_by_similarity(runs: Path) -> None:
+    import json
+
+    from stg.grouping.features import task_coordinates
+    from stg.grouping.make import make_grouping
+    from stg.plots import similarity_order
+
+    at = page("3_grouping.py").run()
+    assert not at.exception, at.exception
+    spec = json.loads(next(c for c in charts(at) if "Membership" in c.proto.spec).proto.spec)
+    run = RunDir(runs / "demo")
+    grouping = make_grouping(run, k=4, save=False)  # the page's defaults: k = 4, fuzzy-kmeans, m = 1.07, seed 0
+    order = similarity_order(task_coordinates(run), np.asarray(grouping["labels"]))
+    assert spec["data"][0]["y"] == [grouping["task_names"][i] for i in order]
+    assert any("dendrogram order" in c.value for c in at.caption)

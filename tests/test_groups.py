@@ -303,7 +303,7 @@ def test_train_groups_writes_metrics_and_resumes(tiny_run, tmp_path: Path) -> No
     cancel = threading.Event()
 
     def on_event(p) -> None:
-        if p.kind == "epoch" and p.message.startswith("mtl: epoch 1"):
+        if p.kind == "epoch" and p.message.startswith("mtl (stage") and p.epoch == 1:
             cancel.set()
 
     first = train_groups(part, "g2", device="cpu", taskset=ts, monitor=Monitor(on_event, cancel))

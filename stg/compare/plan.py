@@ -36,6 +36,7 @@ from stg.grouping.features import FEATURE_VARIANTS, available_variants
 from stg.grouping.make import make_grouping, method_names
 from stg.grouping.reference import reference_labels
 from stg.runs.rundir import RunDir
+from stg.specialists.baselines import parse_names
 
 CONTROLS = ("mtl", "stl", "random")
 STG_MTL = "fuzzy-kmeans"  # the paper's clustering
@@ -176,12 +177,8 @@ def reference_candidates(task_names: Sequence[str], references: dict[str, Any]) 
 
 
 def check_controls(controls: Sequence[str] | str) -> list[str]:
-    if isinstance(controls, str):
-        controls = [c.strip() for c in controls.split(",") if c.strip()]
-    out = list(dict.fromkeys(controls))
-    bad = [c for c in out if c not in CONTROLS]
-    if bad:
-        raise StgError(f"unknown control {bad[0]!r}: choose from {', '.join(CONTROLS)}")
+    """The controls as ``parse_names`` reads them; mtl must be one (every gain is against it)."""
+    out = parse_names(controls, CONTROLS, "control")
     if "mtl" not in out:
         raise StgError("the comparison needs the mtl control: every gain is measured against it")
     return out

@@ -33,7 +33,7 @@ from stg.train.config import STORAGE_FIELDS, TrainConfig, keep_every
 from stg.train.device import DeviceData, channel_stats, predict_logits, prepare_model, resolve_device
 from stg.train.distributed import Distributed, ShardedData, refuse_hooks, session
 from stg.train.hooks import Hook, StepContext
-from stg.train.loop import Monitor, Progress, checkpoint_epoch, replace_epochs, train_loop
+from stg.train.loop import Monitor, Progress, replace_epochs, train_loop
 from stg.train.loss import weighted_bce
 from stg.train.models import build_model
 from stg.train.rng import seeded

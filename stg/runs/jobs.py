@@ -88,6 +88,33 @@ def progress_label(p: Progress | None) -> str:
     return {"done": f"done, {n}/{n} epochs", "cancelled": f"cancelled after epoch {e}/{n}"}.get(p.kind, p.kind)
 
 
+def duration_text(seconds: float) -> str:
+    """A time span as people say it: "45 s", "3 min 05 s", "2 h 07 min"; "?" when unknown (NaN, inf, < 0)."""
+    if not (0 <= seconds < float("inf")):
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def progress_text(snap: JobSnapshot) -> str:
+    """What a job's progress bar says: what trains ("random (stage 2/3)"), ``progress_label``,
+    the latest loss and the time left, e.g. "random (stage 2/3), epoch 3/5, loss 0.4123, about
+    1 min 20 s left"; "starting" before the first event."""
+    p = snap.progress
+    parts = [p.message] if p is not None and p.message and p.kind in ("step", "epoch") else []
+    parts.append(snap.label)
+    if p is not None and p.kind in ("step", "epoch"):
+        if p.loss == p.loss:
+            parts.append(f"loss {p.loss:.4f}")
+        if p.eta_s == p.eta_s:
+            parts.append(f"about {duration_text(p.eta_s)} left")
+    return ", ".join(parts)
+
+
 class _Job:
     """Mutable job state; every field is read and written under ``lock``."""
 

@@ -48,13 +48,13 @@ from stg.datamap.run import retrain_inputs, training_stopped, versions
 from stg.errors import StgError
 from stg.mt2st.schedules import AuxSchedule, aux_weights, primary_of_membership
 from stg.runs.rundir import RunDir, atomic_write_json, exclusive
+from stg.specialists.baselines import BASELINES, parse_names
 from stg.specialists.ensembles import build_ensemble, predict_ensemble, to_device, train_ensemble
 from stg.specialists.evaluate import METRICS, ensemble_logits, ensemble_weights, evaluate_logits
 from stg.train.config import TrainConfig
 from stg.train.device import DeviceData, channel_stats, resolve_device
 from stg.train.loop import Monitor, Progress, checkpoint_epoch
 
-BASELINES = ("mtl", "random", "stl")
 EXECUTORS = ("local", "ray")
 
 
@@ -165,13 +165,7 @@ class GroupsPlan:
 
 def parse_baselines(baselines: Sequence[str] | str) -> list[str]:
     """"mtl,random" (as the CLI spells it) or a list -> known baseline names, in order, once each."""
-    if isinstance(baselines, str):
-        baselines = [b.strip() for b in baselines.split(",") if b.strip()]
-    out = list(dict.fromkeys(baselines))
-    bad = [b for b in out if b not in BASELINES]
-    if bad:
-        raise StgError(f"unknown baseline {bad[0]!r}: choose from {', '.join(BASELINES)}")
-    return out
+    return parse_names(baselines, BASELINES, "baseline")
 
 
 def plan_groups(
@@ -264,9 +258,11 @@ def train_family(
     after_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     step_offset: int = 0,
     total_steps: int | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one family for ``config.epochs``; returns {status, epochs_done, seconds,
-    history, test_logits (k, N, T) numpy or None when cancelled}."""
+    history, test_logits (k, N, T) numpy or None when cancelled}. ``label`` names the family in
+    progress events (default: its name)."""
     dev = resolve_device(device)
     c, h, _ = taskset.image_shape
     mean, std = channel_stats(taskset.train.images)
@@ -279,7 +275,7 @@ def train_family(
     result = train_ensemble(
         ensemble, family.task_weights(config.epochs, -(-len(train) // config.batch_size)), train, pos_weight, config,
         checkpoint=family.checkpoint(out), identity=family.identity(config, taskset.task_names),
-        label=family.name, monitor=monitor, after_epoch=after_epoch, step_offset=step_offset,
+        label=label or family.name, monitor=monitor, after_epoch=after_epoch, step_offset=step_offset,
         total_steps=total_steps,
     )
     logits = None
@@ -295,8 +291,10 @@ StatusFn = Callable[..., None]
 
 def run_local(plan: GroupsPlan, monitor: Monitor, status: dict[str, Any],
               write_status: StatusFn) -> dict[str, dict[str, Any]] | None:
-    """Every family in this process, one after another; None when cancelled."""
+    """Every family in this process, one after another, each a stage of the progress events
+    ("random (stage 2/3)"); None when cancelled."""
     results = {}
+    n = len(plan.families)
     for i, fam in enumerate(plan.families):
         def after_epoch(epoch: int, record: dict[str, Any], name: str = fam.name) -> None:
             status["families"][name]["epochs_done"] = epoch
@@ -304,7 +302,7 @@ def run_local(plan: GroupsPlan, monitor: Monitor, status: dict[str, Any],
 
         r = train_family(fam, plan.taskset, plan.config, device=plan.device, out=plan.out, monitor=monitor,
                          after_epoch=after_epoch, step_offset=i * plan.config.epochs * plan.steps_per_epoch,
-                         total_steps=plan.total_steps)
+                         total_steps=plan.total_steps, label=f"{fam.name} (stage {i + 1}/{n})")
         if r["status"] != "done":
             return None
         results[fam.name] = r

@@ -226,7 +226,7 @@ def train_loop(
         monitor.emit(Progress("epoch", epoch, config.epochs, step_offset + epoch * steps_per_epoch, total,
                               loss=sum(losses) / len(losses), images_per_s=n / took,
                               eta_s=took * (config.epochs - epoch), metrics=numbers,
-                              message=f"{label}: epoch {epoch}/{config.epochs}" if label else ""))
+                              message=label))
     return LoopResult("done", config.epochs, history, seconds)
 
 

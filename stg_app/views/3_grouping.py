@@ -123,11 +123,13 @@ if meta is not None:
         st.caption(f"{len(names)} tasks clustered in {elapsed * 1000:.0f} ms "
                    f"(features: epoch {grouping['features']['epochs'][-1]} confidence + variability)")
         st.text(quality_caption(grouping))
-        left, right = st.columns([1, 1])
+        left, right = common.figures("grouping").columns([1, 1])
         with left:
-            st.plotly_chart(membership_heatmap(grouping["membership"], names,
+            st.plotly_chart(membership_heatmap(grouping["membership"], names, coords=common.task_coords(run),
                                                title=f"Membership ({common.grouping_label(grouping)})"),
                             key="membership")
+            st.caption("Each cluster's tasks form a block; clusters and the tasks inside each are in dendrogram "
+                       "order of their data maps, so similar tasks sit next to each other.")
         with right:
             comparison(grouping, meta.get("references") or {})
         save_controls(run, k, m, method, seed)

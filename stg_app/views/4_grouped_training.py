@@ -17,8 +17,10 @@ from stg.mt2st.plots import weight_curves  # noqa: E402
 from stg.mt2st.schedules import DEFAULTS, make_schedule  # noqa: E402
 from stg.mt2st.target import load_target_results, results_table  # noqa: E402
 from stg.train.device import device_choices  # noqa: E402
-from stg.plots import gain_bar, results_rows  # noqa: E402
+from stg.plots import gain_bars, results_rows  # noqa: E402
 from stg.runs.export import export_filename, export_metrics  # noqa: E402
+from stg.runs.jobs import progress_text  # noqa: E402
+from stg.specialists.baselines import BASELINES  # noqa: E402
 
 METRICS = ("balanced_accuracy", "accuracy", "f1", "auroc")
 SCHEDULE_CHOICES = ("none", "diminish", "diminish-code", "switch", "mtl", "stl")
@@ -58,7 +60,7 @@ def schedule_picker(meta: dict, epochs: int):
 def launch_form(run: common.RunDir, grouping: str, meta: dict) -> None:
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs (0 = the run's)", min_value=0, value=0, key="gt_epochs")
-    baselines = c2.multiselect("Baselines", ["mtl", "random", "stl"], default=["mtl", "random"], key="gt_base")
+    baselines = c2.multiselect("Baselines", list(BASELINES), default=["mtl", "random"], key="gt_base")
     device = c3.selectbox("Device", device_choices(), key="gt_device")
     hard = c1.checkbox("Hard groups (membership 0/1)", key="gt_hard")
     schedule = None
@@ -84,11 +86,7 @@ def progress_panel(run: common.RunDir, grouping: str) -> None:
     def panel() -> None:
         snap = mgr.snapshot(run.path)
         if snap is not None and snap.running:
-            p = snap.progress
-            label = f"{snap.kind} job on {common.plain(run.path.name)}: {snap.label}"
-            if p is not None and p.message:
-                label += f", {common.plain(p.message)}"
-            st.progress(snap.fraction, text=label)
+            st.progress(snap.fraction, text=common.plain(f"{snap.kind} job on {run.path.name}: {progress_text(snap)}"))
             st.button("Cancel", key="gt_cancel", on_click=mgr.cancel, args=(run.path,))
         elif snap is not None and snap.kind == "groups" and snap.status == "failed":
             common.show_error(snap.error or "grouped training failed")
@@ -122,8 +120,12 @@ def results(run: common.RunDir, grouping: str) -> None:
     st.dataframe([{"model": name, **{k: v for k, v in m.get("mean", {}).items()}} for name, m in models.items()],
                  hide_index=True, width="stretch")
     st.caption(MODELS_HELP)
-    if "grouped" in models and "mtl" in models:
-        st.plotly_chart(gain_bar(metrics, metric=metric), key="gain")
+    baselines = [b for b in BASELINES if b in models]
+    specialists = [name for name in models if name not in BASELINES]
+    if baselines and specialists:
+        model = st.selectbox("Specialists to compare", specialists, key="gt_model",
+                             help="grouped_argmax: each task served by its highest-membership specialist alone")
+        st.plotly_chart(gain_bars(metrics, metric=metric, model=model, baselines=baselines), key="gain")
     st.dataframe(results_rows(metrics, metric=metric), hide_index=True, width="stretch")
     c1, c2 = st.columns(2)
     for col, fmt, mime in ((c1, "csv", "text/csv"), (c2, "json", "application/json")):

@@ -31,7 +31,8 @@ def grouping_downloads(run: common.RunDir, meta: dict) -> None:
             text = export_grouping(grouping, meta.get("references") or {}, fmt=fmt)
             col.download_button(f"{fmt.upper()}", text, file_name=export_filename(run.path.name, name, fmt),
                                 mime=MIME[fmt], key=f"ex_grouping_{fmt}", on_click="ignore")
-        fig = membership_heatmap(grouping["membership"], grouping["task_names"], title=f"{name}")
+        fig = membership_heatmap(grouping["membership"], grouping["task_names"], title=f"{name}",
+                                 coords=common.task_coords(run) if grouping["task_names"] == meta["task_names"] else None)
         st.download_button("Membership heatmap (HTML)", lambda: fig.to_html(include_plotlyjs=True),
                            file_name=export_filename(run.path.name, f"{name}_membership", "html"), mime="text/html",
                            key="ex_fig_membership", on_click="ignore")
