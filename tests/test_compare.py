@@ -303,6 +303,26 @@ def test_compare_end_to_end_then_nothing_is_retrained(tiny_run, tmp_path: Path, 
 
 
 @pytest.mark.slow
+def test_compare_on_ray_matches_local(tiny_run, tmp_path: Path) -> None:
+    """The Ray executor trains the same models as the local one (the tolerance: Ray workers run
+    one thread each, so float sums differ in the last bits and a prediction near 0.5 may flip)."""
+    ray = pytest.importorskip("ray")
+    from stg.compare.run import run_compare
+
+    src, ts = tiny_run
+    local = run_compare(_copy(src, tmp_path / "local"), 2, taskset=ts, **OPTIONS)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_compare(_copy(src, tmp_path / "ray"), 2, taskset=ts, executor="ray", **OPTIONS)
+    finally:
+        ray.shutdown()
+    assert remote["status"] == "done" and set(remote["results"]) == set(local["results"])
+    for name, r in local["results"].items():
+        for t, g in r["per_task_gain"].items():
+            assert remote["results"][name]["per_task_gain"][t]["mean"] == pytest.approx(g["mean"], abs=0.1), (name, t)
+
+
+@pytest.mark.slow
 def test_a_killed_compare_resumes_without_retraining(tiny_run, tmp_path: Path, monkeypatch) -> None:
     from stg.compare.run import compare_dir, run_compare
 

@@ -214,7 +214,7 @@ def _run_local(plan: ComparePlan, todo: list[Training], monitor, on_result) -> b
     for i, t in enumerate(todo):
         r = train_family(_family(t), plan.taskset, _config(plan, t.seed), device=plan.device, out=plan.out / "models",
                          monitor=monitor, step_offset=i * plan.config.epochs * plan.steps_per_epoch,
-                         total_steps=total)
+                         total_steps=total, label=f"{t.key} ({i + 1}/{len(todo)})")
         if r["status"] != "done":
             return False
         on_result(_finish(plan, t, r))
@@ -222,34 +222,12 @@ def _run_local(plan: ComparePlan, todo: list[Training], monitor, on_result) -> b
 
 
 def _run_ray(plan: ComparePlan, todo: list[Training], monitor, on_result) -> bool:
-    """Every training as one Ray task (as ``stg.specialists.executors.run_ray``); False if cancelled."""
-    from stg.specialists.executors import import_ray, ray_gpu_share
-    from stg.specialists.grouped import train_family
+    """Every training as one Ray task (``stg.specialists.executors.ray_train_families``); False if cancelled."""
+    from stg.specialists.executors import ray_train_families
 
-    ray = import_ray()
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, log_to_driver=False)
-    try:
-        gpus = ray_gpu_share(plan.device, float(ray.cluster_resources().get("GPU", 0)), len(todo))
-        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(train_family)
-        ts = ray.put(plan.taskset)
-        on = "cuda" if gpus else "cpu"
-        refs = {remote.remote(_family(t), ts, _config(plan, t.seed), device=on, out=plan.out / "models"): t
-                for t in todo}
-        pending = list(refs)
-        while pending:
-            if monitor.cancelled():
-                for ref in pending:
-                    ray.cancel(ref, force=True)
-                return False
-            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-            for ref in ready:
-                on_result(_finish(plan, refs[ref], ray.get(ref)))
-        return True
-    finally:
-        if started:
-            ray.shutdown()
+    return ray_train_families([(_family(t), _config(plan, t.seed)) for t in todo], plan.taskset,
+                              out=plan.out / "models", device=plan.device, monitor=monitor,
+                              on_result=lambda i, r: on_result(_finish(plan, todo[i], r)))
 
 
 def run_compare(run: RunDir, k: int, *, seeds: int | Sequence[int] = 3, epochs: int | None = None,
