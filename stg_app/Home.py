@@ -10,6 +10,9 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 st.set_page_config(page_title="stg: which tasks to train together", page_icon=":material/hub:", layout="wide")
+import common  # noqa: E402
+
+st.html(common.NARROW_CSS)
 
 VIEWS = Path(__file__).resolve().parent / "views"  # not "pages/": that name would switch on the old multipage mode
 nav = st.navigation([

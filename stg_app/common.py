@@ -52,6 +52,23 @@ GUI_WORDS = (  # the CLI's words in library errors -> the dashboard's controls
 )
 
 
+NARROW_CSS = """<style>
+/* Narrow windows (800 px with the sidebar open leaves about 500 px): a row of columns wraps onto
+   the next line instead of squeezing each widget below a usable width, and the columns of a
+   ``figures`` container (maps side by side) wrap sooner, so that no map is drawn narrower than
+   24rem. A wide window is unchanged: every column already fits. */
+[data-testid="stHorizontalBlock"] { flex-wrap: wrap; }
+[data-testid="stColumn"] { min-width: min(10rem, 100%); }
+[class*="st-key-figures"] [data-testid="stColumn"] { min-width: min(24rem, 100%); }
+</style>"""
+
+
+def figures(name: str):
+    """A container whose columns hold figures: side by side in a wide window, one under the other
+    in a narrow one (``NARROW_CSS``)."""
+    return st.container(key=f"figures_{name}")
+
+
 def plain(text: object) -> str:
     """``text`` escaped so that Streamlit's Markdown shows it as written: every Markdown, HTML,
     LaTeX and shortcode character gets a backslash (``train/<class>/*.png`` stays as it is)."""

@@ -152,6 +152,40 @@ def explore_end_to_end(page, app_url: str, tmp_path: Path) -> None:
     page.screenshot(path=str(SHOTS / "explore_regions.png"), full_page=True)
 
 
+# every visible element of the page's main area that reaches past the window's right edge (a range
+# input of a slider is invisible and wider than its track: left out)
+OVERFLOW = """() => {
+  const W = window.innerWidth, out = [];
+  for (const el of document.querySelector('[data-testid="stMain"]').querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > W + 1 && !(el.tagName === 'INPUT' && el.type === 'range')
+        && getComputedStyle(el).visibility !== 'hidden') {
+      const owner = el.closest('[data-testid]');
+      out.push(el.tagName + ' in ' + (owner ? owner.getAttribute('data-testid') : '?') + ' to ' + Math.round(r.right));
+    }
+  }
+  return [...new Set(out)];
+}"""
+PAGES_800 = ("overview", "train", "explore", "compare-maps", "task-map", "grouping", "grouped-training", "export",
+             "affinity", "compare", "learn")
+
+
+def narrow_window(page, app_url: str) -> None:
+    """At 800 px (the sidebar open leaves about 500 px) nothing on any page reaches past the window,
+    and the explorer's map spans the main column instead of sharing it with the selection panel."""
+    page.set_viewport_size({"width": 800, "height": 1000})
+    for path in PAGES_800:
+        page.goto(f"{app_url}/{path}?run=browser-demo")
+        settle(page)
+        page.wait_for_timeout(1500)  # charts lay out after the script ends
+        assert page.evaluate(OVERFLOW) == [], path
+        if path == "explore":
+            main = page.locator("[data-testid='stMainBlockContainer']").bounding_box()
+            plot = page.locator(".js-plotly-plot").first.bounding_box()
+            assert plot["width"] > 0.9 * main["width"] - 64, (plot, main)  # 64: the container's padding
+            page.screenshot(path=str(SHOTS / "explore_800px.png"))
+
+
 def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
@@ -221,13 +255,16 @@ def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
             # 6. affinity: the run recorded TAG's affinity; the heatmap shows and TAG selects groups
             page.goto(app_url + "/affinity?run=browser-demo")
             settle(page)
-            page.get_by_text("TAG lookahead affinity, source (row) onto target (column)", exact=False).first.wait_for()
+            page.get_by_text("TAG lookahead affinity: row onto column", exact=False).first.wait_for()
             page.get_by_role("button", name="Select groups by tag").click()
             page.get_by_text("objective", exact=False).first.wait_for()
             settle(page)
             page.screenshot(path=str(SHOTS / "affinity.png"), full_page=True)
+
+            # 7. a narrow window
+            narrow_window(page, app_url)
         finally:
             browser.close()
     for name in ("dashboard", "train", "explore_click", "explore_selection", "explore_regions", "grouping",
-                 "task_map", "export", "affinity"):
+                 "task_map", "export", "affinity", "explore_800px"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000

@@ -75,7 +75,7 @@ else:
         st.caption("Both maps share the axes (variability 0-0.5, confidence 0-1) and the region rule: "
                    + common.plain(R.Thresholds.fixed().describe() if fixed else "each map's own thirds")
                    + ". Pick two runs, two epochs of one run, or two tasks.")
-        left, right = st.columns(2)
+        left, right = common.figures("compare").columns(2)
         side(left, "A", runs, first, epochs[0] if len(epochs) > 1 else None, 0, thresholds)
         side(right, "B", runs, first, epochs[-1], 0, thresholds)
 

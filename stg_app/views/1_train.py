@@ -191,7 +191,7 @@ def detail_view(run: common.RunDir, meta: dict) -> None:
         epoch = c2.select_slider("Epoch (replay training; follows the newest while on it)", options=epochs,
                                  key="detail_epoch")
     dm = common.datamap(run, epoch)
-    cols = st.columns(max(1, min(2, len(chosen))))
+    cols = common.figures("detail").columns(max(1, min(2, len(chosen))))
     for i, task in enumerate(chosen):
         t = names.index(task)
         fig = datamap_scatter(dm["confidence"][t], dm["variability"][t], dm["correctness"][t],

@@ -92,7 +92,7 @@ def explain(run: common.RunDir, meta: dict) -> None:
                     "Training them together costs nothing: they are the same task.")
     dm = common.datamap(run, run.datamap_epochs()[-1])
     show = (special["random"] + [special["pairs"][0][0], special["pairs"][0][1]] if special["pairs"] else special["random"])[:3]
-    cols = st.columns(len(show))
+    cols = common.figures("learn").columns(len(show))
     for col, t in zip(cols, show):
         i = names.index(t)
         col.plotly_chart(datamap_scatter(dm["confidence"][i], dm["variability"][i], dm["correctness"][i], task=t,

@@ -53,8 +53,9 @@ def page(run: common.RunDir, meta: dict) -> None:
                 g = run.grouping(order_by.removeprefix("grouping: "))
                 labels = list(g.labels) if g.task_names == names else None
             st.plotly_chart(affinity_heatmap(a, names, labels=labels,
-                                             title=f"{LABELS[method]}, source (row) onto target (column), "
-                                                   f"epochs {used[0]}..{used[-1]}"), key="af_heatmap")
+                                             title=f"{LABELS[method]}: row onto column<br><sup>source task (row), "
+                                                   f"target task (column), epochs {used[0]}..{used[-1]}</sup>"),
+                            key="af_heatmap")
             st.caption("Z[i -> j] = 1 - L_j(after a step on task i's loss) / L_j(before): positive when training "
                        "on task i lowers task j's loss (it helps), negative when it raises it (interference). "
                        f"Probing cost {affinity_cost(meta, method):.1f} s over the run.")

@@ -91,7 +91,8 @@ def gallery(rows: np.ndarray, t: int, samples, dm: dict, codes: np.ndarray, *, w
         return
     recs = records(rows, t, samples, dm, codes)
     pngs = [thumbnail_png(samples.images[int(r)].numpy()) for r in rows]
-    caps = [common.plain(f"#{r['dataset_index']} {r['class']} y={r['label']} c={r['confidence']}") for r in recs]
+    caps = [common.plain(f"#{r['dataset_index']} {r['class']} y={r['label']} "
+                         + ("c=?" if r["confidence"] is None else f"c={r['confidence']:.3f}")) for r in recs]
     st.image(pngs, caption=caps, width=width)
 
 
@@ -182,7 +183,7 @@ def explorer(run, meta: dict) -> None:
                            labels=samples.labels[:, t], thresholds=thr, highlight=highlight, webgl=common.webgl(),
                            title=f"{task}, epoch {epoch}: {shown} samples"
                                  + (f" ({missing:,} without a label)" if missing else ""))
-    left, right = st.columns([3, 2])
+    left, right = common.figures("explore").columns([3, 2])
     with left:
         event = st.plotly_chart(fig, key=f"ex_map_{task}_{epoch}", on_select="rerun",
                                 selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
