@@ -1,9 +1,11 @@
 """Take the README's dashboard screenshots from a real run, with headless Debian Chromium.
 
     stg datamap --dataset fashion-sample --tasks composite --out runs/fashion-composite
-    python scripts/readme_screenshots.py runs --run fashion-composite
+    stg group runs/fashion-composite --k 3 --name g3
+    stg train-groups runs/fashion-composite --grouping g3 --baselines mtl,random,stl
+    python scripts/readme_screenshots.py runs --run fashion-composite --grouping g3
 
-Writes assets/screenshots/{dashboard,grouping,task_map}.png.
+Writes assets/screenshots/{dashboard,grouping,task_map,grouped_training}.png.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("runs", help="runs folder")
     ap.add_argument("--run", required=True, help="run name inside the runs folder")
     ap.add_argument("--k", default="3")
+    ap.add_argument("--grouping", help="a trained grouping: also shoot grouped_training.png")
     ap.add_argument("--out", default=str(ROOT / "assets" / "screenshots"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -70,10 +73,19 @@ def main() -> None:
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out / "grouping.png"))
             shot("task-map", "task_map", "PCA of their data-map features")
+            if args.grouping:  # results against every baseline: needs `stg train-groups RUN --grouping G`
+                page.set_viewport_size({"width": 1500, "height": 1900})
+                page.goto(f"{url}/grouped-training?run={args.run}")
+                page.get_by_label("Grouping", exact=True).click()
+                page.get_by_role("option", name=args.grouping, exact=True).click()
+                page.get_by_text("against each baseline", exact=False).first.wait_for()
+                page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']")
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(out / "grouped_training.png"))
             browser.close()
     finally:
         os.killpg(app.pid, signal.SIGTERM)
-    print(f"wrote {out}/dashboard.png, grouping.png, task_map.png")
+    print(f"wrote {out}/dashboard.png, grouping.png, task_map.png" + (", grouped_training.png" if args.grouping else ""))
 
 
 if __name__ == "__main__":
