@@ -221,6 +221,8 @@ def test_grouped_training_runs_in_background_and_shows_results(runs: Path) -> No
     assert not at.error, [e.value for e in at.error]
     final = get_manager().wait(runs / "demo", timeout=240)
     assert final is not None and final.kind == "groups" and final.status == "done", final
+    stages = [e.message for e in final.events if e.kind == "epoch"]
+    assert stages == ["grouped (stage 1/2)", "mtl (stage 2/2)"], stages  # what the progress line names
     at.run()
     assert not at.exception, at.exception
     assert (runs / "demo" / "groups" / "g3" / "metrics.json").is_file()
