@@ -268,12 +268,19 @@ def _print_k_scan(run, args: argparse.Namespace) -> None:
 
 def cmd_train_groups(args: argparse.Namespace) -> int:
     from stg.runs.rundir import RunDir
-    from stg.specialists.grouped import summary_table, train_groups
-    from stg.train.loop import Monitor
+    from stg.specialists.baselines import BASELINES, parse_names
 
     run = RunDir(args.run)
     run.read()
-    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    # the mistakes a user makes most, named before PyTorch loads (seconds): the rest in plan_groups
+    run.read_grouping(args.grouping)
+    baselines = tuple(parse_names(args.baselines, BASELINES, "baseline"))
+    if args.epochs is not None and args.epochs < 1:
+        raise StgError(f"--epochs must be at least 1, got {args.epochs}")
+
+    from stg.specialists.grouped import summary_table, train_groups
+    from stg.train.loop import Monitor
+
     schedule = _schedule(args) if args.schedule is not None else _no_schedule_params(args)
     with _ctrl_c_cancels() as cancel:
         metrics = train_groups(run, args.grouping, epochs=args.epochs, baselines=baselines, hard=args.hard,

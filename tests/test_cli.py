@@ -161,7 +161,18 @@ def test_group_and_export_composite(fashion_run: Path, tmp_path: Path) -> None:
     assert not (RunDir(fashion_run).path / "groupings" / "fuzzy-kmeans-k99-m1.07.json").exists()
 
 
-def test_train_groups_writes_metrics(fashion_run: Path) -> None:
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run on 600 images: training all five models (stl is 13 of them) on the whole sample took
+    80 s of the suite for no more coverage."""
+    out = tmp_path_factory.mktemp("cli") / "small"
+    stg("datamap", "--dataset", "fashion-sample", "--tasks", "composite", "--epochs", "2", "--limit", "600",
+        "--device", "cpu", "--out", str(out))
+    return out
+
+
+def test_train_groups_writes_metrics(small_run: Path) -> None:
+    fashion_run = small_run
     stg("group", str(fashion_run), "--k", "3", "--name", "tg")
     out = stg("train-groups", str(fashion_run), "--grouping", "tg", "--epochs", "1", "--baselines",
               "mtl,random,stl", "--device", "cpu").stdout
@@ -188,6 +199,21 @@ def test_group_and_export_do_not_load_torch(fashion_run: Path) -> None:
             "sys.exit(3 if 'torch' in sys.modules else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_train_groups_names_common_mistakes_before_loading_torch(small_run: Path) -> None:
+    """An unknown grouping, an unknown baseline or --epochs 0 is answered at once, not after the
+    seconds PyTorch takes to load."""
+    stg("group", str(small_run), "--k", "2", "--name", "quick", "--overwrite")
+    for extra, word in ((["--grouping", "nope"], "unknown grouping"),
+                        (["--grouping", "quick", "--baselines", "oracle"], "unknown baseline"),
+                        (["--grouping", "quick", "--epochs", "0"], "--epochs must be at least 1")):
+        code = ("import sys; from stg.cli import main; "
+                f"rc = main(['train-groups', {str(small_run)!r}, *{extra!r}]); "
+                "sys.exit(3 if 'torch' in sys.modules else rc)")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode not in (0, 3), (extra, proc.returncode, proc.stderr)
+        assert word in proc.stderr, proc.stderr
 
 
 def test_ctrl_c_cancels_and_resume_finishes(tmp_path: Path) -> None:
