@@ -443,6 +443,9 @@ def test_compare_page_trains_in_background_and_shows_the_report(fashion_run: Pat
     assert len(specs) == 3 and "Agreement" in specs[1]
     at.button(key="cmp_go").click().run()  # a second comparison of the same k: everything is read back
     assert not at.exception and not at.error, [e.value for e in at.error]
+    # its job ends before the next test: a thread left running would see the next tests' monkeypatched torch.cuda
+    again = get_manager().wait(compare_dir(RunDir(root / "fs"), 2), timeout=600)
+    assert again is not None and again.status == "done", again
 
 
 @pytest.mark.slow
