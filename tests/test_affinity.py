@@ -305,3 +305,26 @@ def test_random_task_has_little_affinity(tmp_path):
     for method in ("tag", "cs"):
         a = np.abs(_mean_affinity(tmp_path, method))
         assert a[noise].mean() * 2 < a[real].mean(), (method, a)
+
+
+@pytest.mark.parametrize("kind", ["torch", "stg-cpu"])
+def test_the_probe_of_a_synchronised_batch_norm_stays_local(kind: str) -> None:
+    """On several processes the model's batch norms are synchronised (torch's SyncBatchNorm on
+    CUDA, stg.train.distributed.SyncBatchNorm2d on the CPU); the probe, which holds the whole global
+    batch on rank 0 alone, must not all-reduce: its skeleton normalises with the plain batch
+    statistics, and the affinity equals the one of the same model with ordinary batch norms."""
+    from stg.affinity.lookahead import probe_skeleton
+    from stg.train.distributed import _convert_cpu
+
+    ts = tiny_taskset(n_train=32)
+    torch.manual_seed(0)
+    model = build_model("cnn", in_channels=1, size=16, n_tasks=ts.n_tasks)
+    x, y = ts.train.images[:16].float() / 255, ts.train.labels[:16]
+    shared = [n for n, _ in shared_parameters(model)]
+    pw = ts.pos_weight.float()
+    plain = lookahead_affinity(model, x, y, pw, shared_names=shared, lr=0.01)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if kind == "torch" else _convert_cpu(model)
+    skeleton = probe_skeleton(synced)
+    norms = [m for m in skeleton.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.forward.__func__ is torch.nn.modules.batchnorm._BatchNorm.forward for m in norms)
+    torch.testing.assert_close(lookahead_affinity(synced, x, y, pw, shared_names=shared, lr=0.01), plain)

@@ -229,3 +229,40 @@ def _two_ranks_then_one(tmp_path: Path) -> None:
     a, b = RunDir(one).load_datamap(epochs + 1), RunDir(two).load_datamap(epochs + 1)
     for key in a:
         assert np.allclose(a[key], b[key], rtol=0, atol=1e-5), (key, float(np.abs(a[key] - b[key]).max()))
+
+
+@pytest.mark.slow
+def test_affinity_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
+    """``--affinity tag,cs`` under torchrun: rank 0 probes the global batch, so every epoch's TAG
+    and gradient-cosine matrices equal a 1-process run's to float rounding, and so do the data maps
+    (the probes change nothing in the training)."""
+    from stg.affinity.files import affinity_path
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank (OMP_NUM_THREADS=1): see the test above
+    try:
+        data = _tiny_npz(tmp_path / "tiny.npz")
+        one, two = tmp_path / "one", tmp_path / "two"
+        probe = ["--affinity", "tag,cs", "--affinity-every", "2"]
+        assert main([*_datamap_args(data, one, 2), *probe]) == 0
+        cmd = [*TORCHRUN, "-m", "stg", *_datamap_args(data, two, 2), *probe]
+        proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        torch.set_num_threads(threads)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert RunDir(two).read()["processes"] == 2
+    for method in ("tag", "cs"):
+        for epoch in (1, 2):
+            a = dict(np.load(affinity_path(one, method, epoch)))
+            b = dict(np.load(affinity_path(two, method, epoch)))
+            # 7 steps an epoch (216 / 32), global steps 0, 2, 4, ... probed: 4 in epoch 1, 3 in epoch 2
+            assert int(a["probes"]) == int(b["probes"]) == {1: 4, 2: 3}[epoch]
+            scale = float(np.abs(a["affinity"]).max())
+            assert scale > 0
+            np.testing.assert_allclose(b["affinity"], a["affinity"], rtol=0, atol=1e-4 * scale)
+            print(f"{method} epoch {epoch}: largest difference {np.abs(a['affinity'] - b['affinity']).max():.2g}"
+                  f" of values up to {scale:.2g}")
+    for e in (1, 2):
+        a, b = RunDir(one).load_datamap(e), RunDir(two).load_datamap(e)
+        for key in a:
+            assert np.allclose(a[key], b[key], rtol=0, atol=1e-5), (e, key)

@@ -121,9 +121,10 @@ def probe_skeleton(model: nn.Module) -> nn.Module:
             m.eval()
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.track_running_stats = False  # train mode + no running stats: batch statistics, no writes
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) \
-                    and type(m).forward is not nn.modules.batchnorm._BatchNorm.forward:
-                m.forward = types.MethodType(nn.modules.batchnorm._BatchNorm.forward, m)  # vmap-safe
+            if type(m).forward is not nn.modules.batchnorm._BatchNorm.forward:
+                # vmap-safe, and local: a synchronised batch norm of a run on several processes
+                # (stg.train.distributed) would all-reduce, but the probe sees the whole global batch
+                m.forward = types.MethodType(nn.modules.batchnorm._BatchNorm.forward, m)
     return skeleton
 
 

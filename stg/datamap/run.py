@@ -460,8 +460,8 @@ def _train_datamap_distributed(
     gathering the others' shards, reports progress) and tells the others when training starts, or
     why it cannot; the other ranks train their slices and send rank 0 their rows. Every rank returns
     rank 0's final run.json contents."""
-    if affinity.methods:
-        refuse_hooks([affinity], "--affinity (TAG / gradient-cosine probes)")
+    # --affinity: rank 0 alone probes (its hooks see the global batch, as one process's do); the
+    # probes use no collective, so the other ranks simply wait for it at the next step
     refuse_hooks(hooks, "a data-map run with extra training hooks")
     dist.check_batches(len(taskset.train), config.batch_size)
     if not dist.is_writer:

@@ -37,9 +37,13 @@ gloo test compares the data maps with a 1-process run's). How:
   killed rank makes torchrun stop the others; the run keeps its last finished epoch and the same
   command resumes it.
 
-Not on several processes: the affinity probes (``--affinity``) and extra hooks (one process only),
-CUDA graphs (DDP steps run eagerly), and dropout (each rank draws its slice's masks: the ``cnn``
-model trains correctly but not bitwise like one process; ResNets have no dropout).
+- **Affinity probes** (``--affinity``): rank 0 alone runs them, on the global batch (the hooks'
+  view), with batch norm local to the probe (it holds the whole batch); they use no collective, so
+  the other ranks wait for rank 0 at the next step. The same affinity as one process, for the same
+  probing time on rank 0 (the 2-rank gloo test compares the files).
+
+Not on several processes: extra training hooks (one process only) and CUDA graphs (DDP steps run
+eagerly).
 """
 
 from __future__ import annotations
