@@ -555,4 +555,5 @@ def curves_overlay(histories: Mapping[str, Sequence[Mapping[str, Any]]], *, titl
                                  mode="lines+markers", name=str(name), legendgroup=str(name), showlegend=False,
                                  line=dict(color=color)), row=1, col=2)
     fig.update_xaxes(title="epoch", dtick=1)
-    return _layout(fig, height=320, title=title)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.3, x=0))  # under the curves: they keep the width
+    return _layout(fig, height=360, title=title)
