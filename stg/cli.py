@@ -154,13 +154,19 @@ class _Bar:
 @contextlib.contextmanager
 def _ctrl_c_cancels() -> Iterator[threading.Event]:
     """An event the first Ctrl-C (or SIGTERM) sets: long work stops within one step and records
-    itself as cancelled, never left 'running'; a second one hard-stops."""
+    itself as cancelled, never left 'running'; a second one hard-stops. Under torchrun every signal
+    only cancels: Ctrl-C reaches a rank twice (from the terminal, then forwarded by torchrun), and
+    torchrun itself kills ranks that do not stop in time."""
+    from stg.train.distributed import launched_world_size
+
     cancel = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    one_process = launched_world_size() == 1
 
     def on_signal(signum, frame):
         cancel.set()
-        signal.signal(signum, previous[signum])
+        if one_process:
+            signal.signal(signum, previous[signum])
 
     for sig in previous:
         signal.signal(sig, on_signal)

@@ -266,3 +266,56 @@ def test_affinity_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
         a, b = RunDir(one).load_datamap(e), RunDir(two).load_datamap(e)
         for key in a:
             assert np.allclose(a[key], b[key], rtol=0, atol=1e-5), (e, key)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_cancels_every_rank_and_the_same_command_resumes(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to torchrun and its ranks (one process group): the ranks
+    agree to stop at the same step, rank 0 records the run as cancelled with its finished epochs,
+    and the same command line resumes it to the end."""
+    data = _tiny_npz(tmp_path / "tiny.npz", n_train=1000)
+    out = tmp_path / "two"
+    cmd = [*TORCHRUN, "-m", "stg", *_datamap_args(data, out, 3)]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        deadline = time.monotonic() + 240
+        while _epochs_done(out) < 1:
+            assert proc.poll() is None, "the run ended before Ctrl-C: " + proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=120)[1].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    meta = RunDir(out).read()
+    assert meta["status"] == "cancelled" and 1 <= meta["epochs_done"] < 3, (meta["status"], meta["epochs_done"], err[-800:])
+    assert "to resume" in err and "KeyboardInterrupt" not in err  # no rank hard-stopped on the second SIGINT
+    resumed = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr
+    meta = RunDir(out).read()
+    assert meta["status"] == "done" and meta["epochs_done"] == 3 and RunDir(out).datamap_epochs() == [1, 2, 3]
+
+
+def test_under_torchrun_a_second_sigint_cancels_instead_of_hard_stopping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun forwards Ctrl-C to its ranks, which the terminal already sent them: a rank that took
+    the second SIGINT as a hard stop would die mid-step. One process keeps the hard stop."""
+    from stg.cli import _ctrl_c_cancels
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with _ctrl_c_cancels() as cancel:
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs between the two
+        assert cancel.is_set()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_cancels() as cancel:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert cancel.is_set()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)

@@ -33,7 +33,8 @@ gloo test compares the data maps with a 1-process run's). How:
   run (data maps over all N samples, run.json, one checkpoint with the whole recorder), so the
   dashboard and ``stg group`` open it like any other, and it resumes on any number of processes.
   Rank 0 reads the checkpoint and broadcasts it: the run directory need only be on rank 0's disk.
-- **Stop.** Cancel (Ctrl-C) is agreed on before every step, so all ranks stop at the same step. A
+- **Stop.** Cancel (Ctrl-C) is agreed on before every step, so all ranks stop at the same step
+  (each rank takes every SIGINT as a cancel: torchrun forwards the terminal's Ctrl-C again). A
   killed rank makes torchrun stop the others; the run keeps its last finished epoch and the same
   command resumes it.
 
