@@ -223,6 +223,8 @@ def test_grouped_training_runs_in_background_and_shows_results(runs: Path) -> No
     assert final is not None and final.kind == "groups" and final.status == "done", final
     stages = [e.message for e in final.events if e.kind == "epoch"]
     assert stages == ["grouped (stage 1/2)", "mtl (stage 2/2)"], stages  # what the progress line names
+    etas = [e.eta_s for e in final.events if e.kind == "epoch"]
+    assert etas[0] > 0 and etas[-1] == 0, etas  # the time left counts the stages still to come
     at.run()
     assert not at.exception, at.exception
     assert (runs / "demo" / "groups" / "g3" / "metrics.json").is_file()

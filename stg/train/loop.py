@@ -225,7 +225,8 @@ def train_loop(
         numbers = {k: float(v) for k, v in extras.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         monitor.emit(Progress("epoch", epoch, config.epochs, step_offset + epoch * steps_per_epoch, total,
                               loss=sum(losses) / len(losses), images_per_s=n / took,
-                              eta_s=took * (config.epochs - epoch), metrics=numbers,
+                              eta_s=(total - step_offset - epoch * steps_per_epoch) * took / steps_per_epoch,
+                              metrics=numbers,
                               message=label))
     return LoopResult("done", config.epochs, history, seconds)
 
