@@ -97,6 +97,24 @@ def wait_heatmap_columns(page, *, has: int, lacks: int | None = None) -> list[in
     return page.evaluate(HEATMAP_COLUMNS)
 
 
+def grid_hover(page) -> str:
+    """Hover cells of the first map of the data-map grid until one holds samples; its hover text."""
+    grid = page.locator(".js-plotly-plot").first
+    grid.scroll_into_view_if_needed()
+    box = grid.locator(".nsewdrag").first.bounding_box()
+    for fy in (0.05, 0.15, 0.3, 0.5):
+        for fx in (0.05, 0.15, 0.3):
+            page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+            hover = page.locator(".hoverlayer .hovertext")
+            try:
+                hover.first.wait_for(timeout=1500)
+            except sync_api.TimeoutError:
+                continue  # an empty cell has no hover
+            lines = hover.first.locator("tspan.line").all_text_contents() or [hover.first.text_content()]
+            return " ".join(" ".join(lines).split())
+    raise AssertionError("no cell of the first map answered a hover")
+
+
 def explore_end_to_end(page, app_url: str, tmp_path: Path) -> None:
     """Explore samples on the finished run: the hover label names the sample, a click shows its
     thumbnail with index and class, a lasso selects a region whose indices download as CSV, and
@@ -179,6 +197,12 @@ def narrow_window(page, app_url: str) -> None:
         settle(page)
         page.wait_for_timeout(1500)  # charts lay out after the script ends
         assert page.evaluate(OVERFLOW) == [], path
+        if path == "train":  # the new-run form, open
+            page.get_by_text("Start a new data-map run", exact=False).first.click()
+            page.get_by_label("Tasks spec (optional)", exact=True).wait_for()
+            page.wait_for_timeout(800)
+            assert page.evaluate(OVERFLOW) == [], "the new-run form"
+            page.screenshot(path=str(SHOTS / "train_form_800px.png"))
         if path == "explore":
             main = page.locator("[data-testid='stMainBlockContainer']").bounding_box()
             plot = page.locator(".js-plotly-plot").first.bounding_box()
@@ -202,7 +226,7 @@ def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
             page.get_by_label("Run name (optional)", exact=True).fill("browser-demo")
             page.get_by_label("Epochs", exact=True).fill("2")
             page.get_by_label("Limit (training images, 0 = all)", exact=True).fill("400")
-            page.get_by_text("Record TAG affinity and gradient cosine", exact=False).first.click()
+            page.get_by_text("Record affinities", exact=True).first.click()
             page.get_by_role("button", name="Start run").click()
 
             # 2. the data-map grid appears and the run finishes (the fragment polls the job)
@@ -213,6 +237,8 @@ def test_dashboard_end_to_end(app_url: str, tmp_path: Path) -> None:
             page.wait_for_timeout(800)
             page.screenshot(path=str(SHOTS / "dashboard.png"))
             page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
+            assert re.fullmatch(r"\S+ [\d,]+ samples variability [\d.]+ confidence [\d.]+", grid_hover(page)), \
+                "a grid cell's hover names its task, count, variability and confidence"
 
             # 2b. the explorer: hover names the sample, a click shows its image, a lasso exports indices
             explore_end_to_end(page, app_url, tmp_path)

@@ -86,7 +86,8 @@ def new_run_form(*, expanded: bool) -> None:
                            "and works offline; the others read the data root")
         c1.caption("Names: " + ", ".join(f"`{n}`" for n in names) + "; or `hf:NAME`; or a path.")
         c1.text_input("Data root (optional)", key="f_root", placeholder="~/.cache/stg/data")
-        c1.checkbox("Download if missing (CIFAR, Fashion-MNIST; needs internet)", key="f_download")
+        c1.checkbox("Download if missing", key="f_download",
+                    help="CIFAR-10/100, Fashion-MNIST, CelebA from their official sources (needs internet)")
         c2.text_input("Tasks spec (optional)", key="f_tasks", placeholder="dataset default, e.g. composite, paper15",
                       help="ovr:all | ovr:C1,C2 | union:NAME=C1,C2 | not:NAME | random | flipped | a preset")
         c2.selectbox("Model", list(MODEL_NAMES), key="f_model")
@@ -99,9 +100,10 @@ def new_run_form(*, expanded: bool) -> None:
                              "after the 10% validation split); a number trains on that many, stratified")
         c3.number_input("Learning rate", value=1e-3, format="%g", key="f_lr")
         c3.number_input("Seed", min_value=0, value=0, key="f_seed")
-        c1.checkbox("Record TAG affinity and gradient cosine (for the Affinity page)", key="f_affinity",
-                    help="TAG's lookahead: one extra backward and forward per task at each probe step, so it "
-                         "costs about T/F extra steps' worth of time; on a CPU use a large F")
+        c1.checkbox("Record affinities", key="f_affinity",
+                    help="TAG's lookahead affinity and the gradient cosine, for the Affinity page. TAG: one extra "
+                         "backward and forward per task at each probe step, so it costs about T/F extra steps' "
+                         "worth of time; on a CPU use a large F")
         c1.number_input("…every F steps", min_value=1, value=10, key="f_every")
         st.form_submit_button("Start run", type="primary", on_click=start_run)
     if "train_error" in st.session_state:

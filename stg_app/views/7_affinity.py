@@ -33,7 +33,7 @@ meta = common.require_run(run)
 def page(run: common.RunDir, meta: dict) -> None:
     methods = [m for m in AFFINITY_METHODS if affinity_epochs(run.path, m)]
     if not methods:
-        st.info(f"Run {common.plain(run.path.name)} recorded no affinity. Start a run with **Record TAG affinity** ticked on "
+        st.info(f"Run {common.plain(run.path.name)} recorded no affinity. Start a run with **Record affinities** ticked on "
                 "**Train & data maps**, or from a shell: `stg datamap --dataset fashion-sample --tasks composite "
                 "--affinity tag,cs --out runs/NAME`.")
     else:
