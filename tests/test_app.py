@@ -700,7 +700,7 @@ def test_grouping_page_orders_the_heatmap_by_similarity(runs: Path) -> None:
 
     from stg.grouping.features import task_coordinates
     from stg.grouping.make import make_grouping
-    from stg.plots import similarity_order
+    from stg.grouping.order import similarity_order
 
     at = page("3_grouping.py").run()
     assert not at.exception, at.exception

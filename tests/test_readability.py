@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from stg.plots import datamap_grid, gain_bars, membership_heatmap, similarity_order
+from stg.grouping.order import similarity_order
+from stg.plots import datamap_grid, gain_bars, membership_heatmap
 from stg.runs.jobs import JobSnapshot, duration_text, progress_text
 from stg.train.loop import Progress
 
