@@ -28,8 +28,6 @@ Nothing here imports Streamlit; the dashboard's explorer calls these functions.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from stg.errors import StgError
+from stg.runs.export import csv_text
 
 REGIONS = ("easy", "ambiguous", "hard", "other")
 REGION_LABELS = {"easy": "easy-to-learn", "ambiguous": "ambiguous", "hard": "hard-to-learn", "other": "other",
@@ -258,24 +257,11 @@ def sample_table(
     return out
 
 
-def _safe_cell(value: Any) -> Any:
-    """A CSV cell a spreadsheet will not run as a formula (=, +, -, @ at the start get a quote)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return "" if value is None else value
-
-
 def records_text(records: Sequence[Mapping[str, Any]], fmt: str, *, meta: Mapping[str, Any] | None = None) -> str:
     """Selected samples as CSV (a header, one line per record; formula-like strings quoted) or JSON
     ({"meta": ..., "samples": records}, plus "dataset_index": the indices alone)."""
     if fmt == "csv":
-        buf = io.StringIO()
-        fields = list(records[0]) if records else ["row", "dataset_index"]
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        for rec in records:
-            writer.writerow({k: _safe_cell(v) for k, v in rec.items()})
-        return buf.getvalue()
+        return csv_text(records, list(records[0]) if records else ["row", "dataset_index"])
     if fmt == "json":
         doc = {"meta": dict(meta or {}), "dataset_index": [int(r["dataset_index"]) for r in records],
                "samples": list(records)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,14 +53,7 @@ def export_grouping(grouping: Mapping[str, Any], references: Mapping[str, Mappin
         raise StgError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     rows = task_rows(grouping, references)
     if fmt == "csv":
-        buf = io.StringIO()
-        fields = list(rows[0]) if rows else ["task", "cluster"]
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: ("" if v is None else _safe_text(v) if isinstance(v, str) else v)
-                             for key, v in row.items()})
-        return buf.getvalue()
+        return csv_text(rows, list(rows[0]) if rows else ["task", "cluster"])
     doc = {"grouping": {key: v for key, v in grouping.items() if key not in _META_SKIP}, "tasks": rows}
     if fmt == "json":
         return json.dumps(doc, indent=2) + "\n"
@@ -109,7 +102,7 @@ def datamap_csv(datamap: Mapping[str, np.ndarray], task_names: list[str], tasks:
     for t in tasks:
         i = task_names.index(t)
         cols = [np.asarray(datamap[k][i], dtype=np.float64) for k in ("confidence", "variability", "correctness")]
-        name = _safe_text(t)
+        name = safe_cell(t)
         for j in range(len(index)):
             writer.writerow([name, int(index[j]), *("" if not np.isfinite(c[j]) else f"{c[j]:.6f}" for c in cols)])
     return buf.getvalue()
@@ -131,16 +124,23 @@ def export_metrics(metrics: Mapping[str, Any], *, fmt: str) -> str:
     if fmt != "csv":
         raise StgError(f"unknown export format {fmt!r}: use json or csv")
     rows = metrics_rows(metrics)
-    fields = list(dict.fromkeys(k for r in rows for k in r)) or ["model", "task"]
+    return csv_text(rows, list(dict.fromkeys(k for r in rows for k in r)) or ["model", "task"])
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
+    """``rows`` as CSV: a header of ``fields``, then one line per row, each cell ``safe_cell``
+    (a missing or None cell empty)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else _safe_text(r[k]) if isinstance(r.get(k), str) else r[k])
-                         for k in fields})
+        writer.writerow({k: safe_cell(r.get(k)) for k in fields})
     return buf.getvalue()
 
 
-def _safe_text(value: str) -> str:
-    """A string cell a spreadsheet will not run as a formula (=, +, -, @ first get a quote)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+def safe_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run as a formula (a string starting with =, +, -, @, tab or
+    carriage return gets a leading quote); None is an empty cell."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
