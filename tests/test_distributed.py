@@ -148,6 +148,15 @@ def _epochs_done(run: Path) -> int:
         return 0
 
 
+def _wait_for_first_epoch(proc: subprocess.Popen, run: Path, before: str, timeout: float = 240) -> None:
+    """Until ``run`` has finished an epoch; fails if torchrun ``proc`` ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while _epochs_done(run) < 1:
+        assert proc.poll() is None, f"the run ended before {before}: " + proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
 def _workers(parent: int) -> dict[int, int]:
     """{rank: pid} of torchrun's worker processes."""
     out = {}
@@ -193,11 +202,7 @@ def _two_ranks_then_one(tmp_path: Path) -> None:
     cmd = [*TORCHRUN, "-m", "stg", *_datamap_args(data, two, epochs)]
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 240
-        while _epochs_done(two) < 1:
-            assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        _wait_for_first_epoch(proc, two, "it could be killed")
         workers = _workers(proc.pid)
         os.kill(workers[1], signal.SIGKILL)
         assert proc.wait(timeout=120) != 0
@@ -279,11 +284,7 @@ def test_ctrl_c_under_torchrun_cancels_every_rank_and_the_same_command_resumes(t
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)  # its own process group, as a terminal's foreground job
     try:
-        deadline = time.monotonic() + 240
-        while _epochs_done(out) < 1:
-            assert proc.poll() is None, "the run ended before Ctrl-C: " + proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        _wait_for_first_epoch(proc, out, "Ctrl-C")
         os.killpg(proc.pid, signal.SIGINT)
         err = proc.communicate(timeout=120)[1].decode()
     finally:
